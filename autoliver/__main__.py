@@ -1,0 +1,3 @@
+from autoliver.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Compiled kernels built from csrc/cpu (one module per op); see autoliver.ops for the faces."""

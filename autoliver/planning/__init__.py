@@ -1,0 +1,1 @@
+"""Experiment planning: fingerprint + preset + memory budget → a typed, versioned plan."""

@@ -1,0 +1,1 @@
+"""Preprocessing: raw cases → cropped, normalised, resampled, compressed training cases (and back)."""

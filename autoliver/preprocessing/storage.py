@@ -1,0 +1,111 @@
+"""One compressed, chunked file per preprocessed case, readable a patch at a time.
+
+For each case in ``{preprocessed}/{dataset}/{data_identifier}/``:
+
+    {case}.b2nd        image, float32, (C, z, y, x)   C = channels (or phases)
+    {case}_seg.b2nd    labels, int8,   (1, z, y, x)   -1 marks voxels outside the body crop
+    {case}.json        properties (geometry, crop box, spacings, class locations, …)
+
+Files are Blosc2 NDArrays (zstd, chunked): slicing one opened with :func:`open_case` decompresses
+only the chunks a patch touches, so training never loads whole cases. Every file is written under
+a temporary name and renamed; the properties file is written last and marks the case complete,
+so a killed run never leaves a case that looks finished.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import blosc2
+import numpy as np
+
+from autoliver.schema import read_json, write_json
+
+IMAGE_SUFFIX = ".b2nd"
+SEG_SUFFIX = "_seg.b2nd"
+PROPS_SUFFIX = ".json"
+
+
+def _chunks(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Chunks of ~ (C, 32, 128, 128) and blocks of (C, 8, 32, 32): 3D patches and 2D slices both
+    decompress little more than they need."""
+    c, z, y, x = shape
+    chunks = (c, min(z, 32), min(y, 128), min(x, 128))
+    blocks = (c, min(z, 8), min(y, 32), min(x, 32))
+    return chunks, blocks
+
+
+def _write_array(path: Path, array: np.ndarray, nthreads: int = 1) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{IMAGE_SUFFIX}")
+    chunks, blocks = _chunks(array.shape)
+    try:
+        blosc2.asarray(np.ascontiguousarray(array), urlpath=str(tmp), mode="w", chunks=chunks, blocks=blocks,
+                       cparams={"codec": blosc2.Codec.ZSTD, "clevel": 3, "nthreads": nthreads})
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def case_files(folder: str | os.PathLike, case: str) -> tuple[Path, Path, Path]:
+    folder = Path(folder)
+    return folder / f"{case}{IMAGE_SUFFIX}", folder / f"{case}{SEG_SUFFIX}", folder / f"{case}{PROPS_SUFFIX}"
+
+
+def write_case(folder: str | os.PathLike, case: str, image: np.ndarray, seg: np.ndarray | None,
+               properties: dict, nthreads: int = 1) -> None:
+    """Store one case. ``image`` (C, z, y, x) float32; ``seg`` (1, z, y, x) int8 or None (inference)."""
+    if image.ndim != 4:
+        raise ValueError(f"write_case({case}): image must be (C, z, y, x), got shape {image.shape}")
+    if seg is not None and (seg.ndim != 4 or seg.shape[1:] != image.shape[1:]):
+        raise ValueError(f"write_case({case}): seg shape {seg.shape} does not match image {image.shape}")
+    img_path, seg_path, props_path = case_files(folder, case)
+    img_path.parent.mkdir(parents=True, exist_ok=True)
+    props_path.unlink(missing_ok=True)  # the case is incomplete until the properties are back
+    _write_array(img_path, image.astype(np.float32, copy=False), nthreads)
+    if seg is not None:
+        _write_array(seg_path, seg.astype(np.int8, copy=False), nthreads)
+    write_json(props_path, properties)
+
+
+def is_complete(folder: str | os.PathLike, case: str) -> bool:
+    img, _, props = case_files(folder, case)
+    return props.is_file() and img.is_file()
+
+
+def list_cases(folder: str | os.PathLike) -> list[str]:
+    """Complete cases in a preprocessed folder, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(PROPS_SUFFIX)] for p in folder.glob(f"*{PROPS_SUFFIX}")
+                  if not p.name.startswith(".") and is_complete(folder, p.name[: -len(PROPS_SUFFIX)]))
+
+
+@dataclass
+class CaseArrays:
+    """A stored case opened lazily: index ``image``/``seg`` like NumPy arrays to read a patch."""
+
+    case: str
+    image: "blosc2.NDArray"
+    seg: "blosc2.NDArray | None"
+    properties: dict
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape[1:])
+
+
+def open_case(folder: str | os.PathLike, case: str) -> CaseArrays:
+    img_path, seg_path, props_path = case_files(folder, case)
+    props = read_json(props_path)
+    image = blosc2.open(str(img_path), mode="r")
+    seg = blosc2.open(str(seg_path), mode="r") if seg_path.is_file() else None
+    return CaseArrays(case, image, seg, props)
+
+
+def load_case(folder: str | os.PathLike, case: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Whole case as NumPy arrays (for validation and inversion)."""
+    c = open_case(folder, case)
+    return c.image[...], (c.seg[...] if c.seg is not None else None), c.properties
