@@ -18,6 +18,7 @@ from autoliver.errors import UserError
 COMMAND_MODULES = [
     "autoliver.demo",
     "autoliver.datasets.cli",
+    "autoliver.synthetic.cli",
     "autoliver.fingerprint.cli",
     "autoliver.planning.cli",
     "autoliver.preprocessing.cli",
@@ -28,7 +29,12 @@ COMMAND_MODULES = [
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults and keeps the example block's line breaks."""
+    """Shows defaults (except empty ones and switches) and keeps the example block's line breaks."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or isinstance(action, argparse._StoreTrueAction):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def add_command(subparsers, name: str, *, help: str, example: str, description: str | None = None):

@@ -18,9 +18,10 @@ def enabled() -> bool:
     return _ENABLED
 
 
-def bar(iterable=None, *, total=None, desc: str = "", unit: str = "it", leave: bool = True, **kw):
+def bar(iterable=None, *, total=None, desc: str = "", unit: str = "it", leave: bool = True, disable: bool = False,
+        **kw):
     """A tqdm bar on stderr, or a silent pass-through when progress is disabled."""
-    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=not _ENABLED,
+    return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=disable or not _ENABLED,
                 file=sys.stderr, dynamic_ncols=True, **kw)
 
 
