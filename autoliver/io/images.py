@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoliver.errors import UserError
+from autoliver.schema import publish
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 # Labels are written with the smallest type that holds them; uint8 covers 0/1/2.
@@ -221,7 +222,7 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
     tmp = _atomic_target(path)
     try:
         sitk.WriteImage(img, str(tmp), useCompression=compress)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -239,7 +240,7 @@ def write_like(path: str | os.PathLike, array: np.ndarray, like: Image) -> None:
         tmp = _atomic_target(path)
         try:
             nib.save(img, str(tmp))
-            os.replace(tmp, path)
+            publish(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
