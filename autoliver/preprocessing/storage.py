@@ -3,28 +3,35 @@
 For each case in ``{preprocessed}/{dataset}/{data_identifier}/``:
 
     {case}.b2nd        image, float32, (C, z, y, x)   C = channels (or phases)
-    {case}_seg.b2nd    labels, int8,   (1, z, y, x)   -1 marks voxels outside the body crop
-    {case}.json        properties (geometry, crop box, spacings, class locations, …)
+    {case}_seg.b2nd    labels, int8,   (1, z, y, x)   0 background, 1 liver, 2 tumour, …
+    {case}.json        properties (geometry, crop box, spacings, class locations, …), compact JSON
 
 Files are Blosc2 NDArrays (zstd, chunked): slicing one opened with :func:`open_case` decompresses
 only the chunks a patch touches, so training never loads whole cases. Every file is written under
 a temporary name and renamed; the properties file is written last and marks the case complete,
-so a killed run never leaves a case that looks finished.
+so a killed run never leaves a case that looks finished. Temporary files of a killed writer are
+named ``.{file}.tmp{pid}…`` and removed by :func:`remove_stale_temporaries` once that process is gone.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import blosc2
 import numpy as np
 
-from autoliver.schema import read_json, write_json
+from autoliver.schema import atomic_write_text, read_json, to_jsonable
 
 IMAGE_SUFFIX = ".b2nd"
 SEG_SUFFIX = "_seg.b2nd"
 PROPS_SUFFIX = ".json"
+# zstd level 1 with byte shuffle: on CT data as small as level 3 (within 1 %) but 3x faster to
+# write and faster to read patches from; nnU-Net's level 8 is slower still for no gain.
+CLEVEL = 1
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)" + re.escape(IMAGE_SUFFIX) + "$")
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -41,7 +48,7 @@ def _write_array(path: Path, array: np.ndarray, nthreads: int = 1) -> None:
     chunks, blocks = _chunks(array.shape)
     try:
         blosc2.asarray(np.ascontiguousarray(array), urlpath=str(tmp), mode="w", chunks=chunks, blocks=blocks,
-                       cparams={"codec": blosc2.Codec.ZSTD, "clevel": 3, "nthreads": nthreads})
+                       cparams={"codec": blosc2.Codec.ZSTD, "clevel": CLEVEL, "nthreads": nthreads})
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -66,7 +73,40 @@ def write_case(folder: str | os.PathLike, case: str, image: np.ndarray, seg: np.
     _write_array(img_path, image.astype(np.float32, copy=False), nthreads)
     if seg is not None:
         _write_array(seg_path, seg.astype(np.int8, copy=False), nthreads)
-    write_json(props_path, properties)
+    # Compact (one line): class locations hold tens of thousands of numbers.
+    atomic_write_text(props_path, json.dumps(to_jsonable(properties), sort_keys=True, separators=(",", ":"),
+                                             allow_nan=False) + "\n")
+
+
+def read_properties(folder: str | os.PathLike, case: str) -> dict:
+    return read_json(case_files(folder, case)[2])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) writes nothing any more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporary array files left by writers that no longer run (e.g. a killed run)."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMPORARY.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def is_complete(folder: str | os.PathLike, case: str) -> bool:

@@ -1,0 +1,300 @@
+"""The pure per-case steps of preprocessing, and their inverse.
+
+    images (+ label) ─ crop to the body ─ [bilateral denoising] ─ normalise ─ resample ─▶ data, seg, properties
+    prediction (labels or probabilities on the preprocessed grid) ─ resample back ─ uncrop ─▶ original grid
+
+Arrays are (z, y, x) as read (no reorientation: the voxel order of the file is kept and its
+geometry travels in the properties); data is (C, z, y, x) float32, seg (1, z, y, x) int8.
+Nothing here reads or writes files: :mod:`autoliver.preprocessing.run` does that.
+
+Which configuration's settings apply: configurations that share a ``data_identifier`` share
+their preprocessed data, and the data follows the 3D one among them (see
+:func:`effective_configuration`). A 2D configuration with data of its own keeps each case's
+slice spacing (only the in-plane axes are resampled), as nnU-Net's 2d does.
+"""
+from __future__ import annotations
+
+import hashlib
+import zlib
+from typing import Sequence
+
+import numpy as np
+
+from autoliver.errors import UserError
+from autoliver.io.images import Image
+from autoliver.planning.plan import Configuration, Plan
+from autoliver.preprocessing import cropping, normalization, resampling
+from autoliver.schema import dumps, to_jsonable
+
+PREPROCESSING_VERSION = 1  # bump when the stored data of an unchanged plan would differ
+MAX_LOCATIONS_PER_CLASS = 10_000
+# Normalisation schemes that measure statistics over the body of the case.
+_NEEDS_BODY = ("zscore", "histeq", "liver_zscore")
+
+
+# ----------------------------------------------------------------------------------------------
+# Which settings, which grid
+# ----------------------------------------------------------------------------------------------
+
+def _preprocessing_settings(config: Configuration, *, with_z: bool = True) -> dict:
+    spacing = list(config.spacing_zyx_mm) if with_z else list(config.spacing_zyx_mm[1:])
+    return {"spacing_zyx_mm": spacing, "normalization": to_jsonable(config.normalization),
+            "resampling": to_jsonable(config.resampling), "denoise": to_jsonable(config.denoise),
+            "keeps_slice_spacing": config.network.dims == 2}
+
+
+def effective_configuration(plan: Plan, config: Configuration) -> Configuration:
+    """The configuration whose settings produce the data of ``config.data_identifier``.
+
+    The first 3D configuration of the plan with the same data identifier, else ``config``.
+    Raises UserError when configurations that share data disagree on how to make it.
+    """
+    sharing = [c for c in plan.configurations.values() if c.data_identifier == config.data_identifier]
+    chosen = next((c for c in sharing if c.network.dims == 3), config)
+    for other in sharing:
+        a = _preprocessing_settings(chosen, with_z=other.network.dims == 3)
+        b = _preprocessing_settings(other, with_z=other.network.dims == 3)
+        a.pop("keeps_slice_spacing"), b.pop("keeps_slice_spacing")
+        if a != b:
+            diff = sorted(k for k in a if a[k] != b[k])
+            raise UserError(f"plan: configurations {chosen.name!r} and {other.name!r} share data_identifier "
+                            f"{config.data_identifier!r} but differ in {', '.join(diff)}. Give them different "
+                            "data identifiers or the same preprocessing settings (re-run plan).")
+    return chosen
+
+
+def preprocessing_hash(plan: Plan, config: Configuration) -> str:
+    """A short digest of everything that determines a case's stored data (stale data is redone)."""
+    cfg = effective_configuration(plan, config)
+    key = {"version": PREPROCESSING_VERSION, "modality": plan.modality, "labels": plan.labels,
+           "channel_names": list(plan.channel_names), **_preprocessing_settings(cfg)}
+    return hashlib.sha256(dumps(key).encode()).hexdigest()[:16]
+
+
+def target_spacing(config: Configuration, spacing_zyx_mm: Sequence[float]) -> tuple[float, float, float]:
+    if config.network.dims == 2:
+        return (float(spacing_zyx_mm[0]), *map(float, config.spacing_zyx_mm[1:]))
+    return tuple(float(s) for s in config.spacing_zyx_mm)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+def stack_channels(images: Sequence[Image], case: str = "") -> tuple[list[np.ndarray], Image]:
+    """The channel arrays of a case: one Image per channel, or one 4D Image (phases first)."""
+    where = f"case {case}" if case else "preprocess_case"
+    if not images:
+        raise UserError(f"{where}: no image given.")
+    if len(images) == 1 and images[0].array.ndim == 4:
+        arrays = list(images[0].array)
+    else:
+        arrays = []
+        for im in images:
+            if im.array.ndim != 3:
+                raise UserError(f"{where}: {im.path or 'image'} has shape {im.array.shape}; with several channel "
+                                "files each must be 3D. A 4D file (phases) must be the only channel file.")
+            arrays.append(im.array)
+    first = images[0]
+    for im, a in zip(images, arrays):
+        if a.shape != arrays[0].shape:
+            raise UserError(f"{where}: channel {im.path or ''} has shape {a.shape} but the first channel has "
+                            f"{arrays[0].shape}; all channels must be on one grid (resample them first).")
+    return arrays, first
+
+
+def _check_seg(seg: np.ndarray, shape: tuple, plan: Plan, case: str) -> np.ndarray:
+    where = f"case {case}" if case else "preprocess_case"
+    seg = np.asarray(seg)
+    if seg.ndim == 4 and seg.shape[0] == 1:
+        seg = seg[0]
+    if tuple(seg.shape) != tuple(shape):
+        raise UserError(f"{where}: label map has shape {seg.shape} but the image has {tuple(shape)}; they must "
+                        "be on the same grid (run verify_dataset).")
+    allowed = sorted(plan.labels.values())
+    lo, hi = (int(seg.min()), int(seg.max())) if seg.size else (0, 0)
+    if lo < 0 or hi > 127:
+        raise UserError(f"{where}: label values must be among {allowed}, got values from {lo} to {hi}.")
+    if seg.dtype.kind == "f" and not np.array_equal(seg, np.round(seg)):
+        raise UserError(f"{where}: label map holds non-integer values; labels must be integers {allowed}.")
+    seg = seg.astype(np.uint8, copy=False)
+    import torch  # bincount over uint8 without numpy's int64 copy
+
+    present = np.flatnonzero(torch.bincount(torch.from_numpy(seg).reshape(-1), minlength=hi + 1).numpy())
+    unknown = sorted(set(int(v) for v in present) - set(allowed))
+    if unknown:
+        raise UserError(f"{where}: label values {unknown} are not declared in dataset.json labels {plan.labels}.")
+    return seg
+
+
+def _norm_per_channel(config: Configuration, channels: int, case: str):
+    norms = config.normalization
+    if len(norms) == channels:
+        return list(norms)
+    if len(norms) == 1:  # one scheme for every phase of a 4D file
+        return list(norms) * channels
+    raise UserError(f"case {case}: the plan's {config.name} normalises {len(norms)} channels but the case has "
+                    f"{channels}; the dataset's channels do not match the plan (re-run plan).")
+
+
+def denoise(volume: np.ndarray, spacing_zyx_mm: Sequence[float], domain_sigma_mm: float,
+            range_sigma: float) -> np.ndarray:
+    """3D bilateral filter in raw intensity units; the compiled op when present, else SimpleITK's
+    exact filter (same definition, slower)."""
+    try:
+        from autoliver.ops.bilateral import bilateral_filter
+    except ImportError:
+        bilateral_filter = None
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    if bilateral_filter is not None:
+        return np.asarray(bilateral_filter(volume, tuple(spacing_zyx_mm), domain_sigma_mm, range_sigma),
+                          dtype=np.float32)
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(volume)
+    img.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx_mm)))  # domain sigma is in mm
+    f = sitk.BilateralImageFilter()
+    f.SetDomainSigma(float(domain_sigma_mm))
+    f.SetRangeSigma(float(range_sigma))
+    return sitk.GetArrayFromImage(f.Execute(img)).astype(np.float32, copy=False)
+
+
+def sample_class_locations(seg: np.ndarray, labels: Sequence[int], seed: int,
+                           max_per_class: int = MAX_LOCATIONS_PER_CLASS) -> dict[str, list[list[int]]]:
+    """Up to ``max_per_class`` voxel positions [z, y, x] per foreground label, drawn uniformly
+    (for foreground oversampling in training); every label gets a key, possibly an empty list."""
+    rng = np.random.default_rng(seed)
+    flat = seg.reshape(-1)
+    out = {}
+    for v in labels:
+        idx = np.flatnonzero(flat == v)
+        if idx.size > max_per_class:
+            idx = np.sort(rng.choice(idx, max_per_class, replace=False))
+        out[str(int(v))] = np.stack(np.unravel_index(idx, seg.shape), axis=1).astype(int).tolist()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+
+def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, seg: np.ndarray | None = None,
+                    *, case: str = "") -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Crop, (denoise,) normalise and resample one case as the plan says.
+
+    Returns data (C, z, y, x) float32, seg (1, z, y, x) int8 or None, and the properties that
+    :func:`revert_to_original` needs (JSON-ready).
+    """
+    cfg = effective_configuration(plan, config)
+    arrays, first = stack_channels(images, case)
+    geometry = first.geometry
+    shape = tuple(int(n) for n in arrays[0].shape)
+    spacing = tuple(float(s) for s in geometry.spacing_zyx_mm)
+    norms = _norm_per_channel(cfg, len(arrays), case)
+    for c, n in enumerate(norms):
+        normalization.check_normalization(n, f"plan.configurations.{cfg.name}.normalization[{c}]")
+    fg_labels = sorted(v for v in plan.labels.values() if v != 0)
+    if seg is not None:
+        seg = _check_seg(seg, shape, plan, case)
+
+    box = cropping.body_box(arrays, plan.modality, seg)
+    channels = [cropping.crop(a, box) for a in arrays]
+    seg_c = cropping.crop(seg, box) if seg is not None else None
+    crop_shape = tuple(b - a for a, b in box)
+
+    if cfg.denoise.enabled:
+        channels = [denoise(c, spacing, cfg.denoise.domain_sigma_mm, cfg.denoise.range_sigma) for c in channels]
+
+    body = cropping.body_mask(channels, plan.modality) if any(n.scheme in _NEEDS_BODY for n in norms) else None
+    liver = seg_c > 0 if seg_c is not None and any(n.scheme == "liver_zscore" for n in norms) else None
+    params = [normalization.resolve_normalization(ch, n, body=body, liver=liver) for ch, n in zip(channels, norms)]
+    del body, liver
+
+    new_spacing = target_spacing(cfg, spacing)
+    new_shape = resampling.shape_for_spacing(crop_shape, spacing, new_spacing)
+    r = cfg.resampling
+    axis = resampling.through_plane_axis(spacing, new_spacing) if r.separate_z else 0
+    orders_image = resampling.axis_orders(r.order_image, r.order_z_image, r.separate_z, axis)
+    orders_label = resampling.axis_orders(r.order_label, r.order_z_label, r.separate_z, axis)
+
+    data = resampling.empty((len(channels), *new_shape))
+    for c, (ch, p) in enumerate(zip(channels, params)):
+        resampling.resample_image(ch, new_shape, orders_image, through_axis=axis,
+                                  transform=normalization.make_transform(p), out=data[c])
+    del channels
+
+    seg_out, locations = None, None
+    if seg_c is not None:
+        seg_out = resampling.resample_labels(seg_c, new_shape, orders_label, labels=fg_labels)
+        locations = sample_class_locations(seg_out, fg_labels, seed=zlib.crc32(case.encode()))
+        seg_out = seg_out.view(np.int8)[None]  # values <= 127: same bits
+
+    properties = {
+        "case": case,
+        "original_geometry": to_jsonable(geometry),
+        "channels": len(arrays),
+        "crop_bbox_zyx": [list(b) for b in box],
+        "shape_before_crop_zyx": list(shape),
+        "shape_after_crop_zyx": list(crop_shape),
+        "shape_after_resampling_zyx": list(new_shape),
+        "spacing_before_zyx_mm": list(spacing),
+        "spacing_after_zyx_mm": list(new_spacing),
+        "resampling": {"orders_image_zyx": list(orders_image), "orders_label_zyx": list(orders_label),
+                       "through_plane_axis": axis if r.separate_z else None},
+        "normalization": [p.summary() for p in params],
+        "denoised": bool(cfg.denoise.enabled),
+        "data_identifier": config.data_identifier,
+        "preprocessing_hash": preprocessing_hash(plan, config),
+    }
+    if locations is not None:
+        properties["class_locations"] = locations
+    return data, seg_out, properties
+
+
+# ----------------------------------------------------------------------------------------------
+# Inverse (what prediction calls)
+# ----------------------------------------------------------------------------------------------
+
+def label_orders(properties: dict, config: Configuration | None) -> tuple[tuple[int, int, int], int]:
+    """The interpolation order per (z, y, x) axis used for this case's labels (and probabilities),
+    and its through-plane axis; from the properties, else from ``config``."""
+    info = properties.get("resampling")
+    if info:
+        axis = info.get("through_plane_axis")
+        return tuple(info["orders_label_zyx"]), (0 if axis is None else int(axis))
+    r = config.resampling
+    axis = 0
+    if r.separate_z:
+        axis = resampling.through_plane_axis(properties["spacing_before_zyx_mm"], properties["spacing_after_zyx_mm"])
+    return resampling.axis_orders(r.order_label, r.order_z_label, r.separate_z, axis), axis
+
+
+_orders_from = label_orders  # the name inference first used
+
+
+def revert_to_original(array: np.ndarray, properties: dict, config: Configuration | None, is_label: bool) -> np.ndarray:
+    """Bring a prediction on the preprocessed grid back onto the case's original grid.
+
+    Labels (z, y, x) (or (1, z, y, x)) → uint8 (z, y, x), resampled as the plan resamples labels
+    (one-hot interpolation, most probable class); probabilities (K, z, y, x) → float32 (K, z, y, x),
+    interpolated per class, with background probability 1 outside the crop box. The result lines
+    up voxel for voxel with ``properties["original_geometry"]``.
+    """
+    arr = np.asarray(array)
+    box = tuple(tuple(b) for b in properties["crop_bbox_zyx"])
+    crop_shape = tuple(properties["shape_after_crop_zyx"])
+    full_shape = tuple(properties["shape_before_crop_zyx"])
+    orders, axis = label_orders(properties, config)
+    if is_label:
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 3:
+            raise ValueError(f"revert_to_original: a label map must be (z, y, x), got shape {arr.shape}")
+        arr = np.where(arr < 0, 0, arr) if arr.dtype.kind == "i" else arr
+        restored = resampling.resample_labels(arr, crop_shape, orders)
+        return cropping.uncrop(restored, box, full_shape, 0)
+    if arr.ndim != 4:
+        raise ValueError(f"revert_to_original: probabilities must be (K, z, y, x), got shape {arr.shape}")
+    restored = resampling.resample_probabilities(arr, crop_shape, orders, through_axis=axis)
+    fill = [1.0] + [0.0] * (arr.shape[0] - 1)
+    return cropping.uncrop(restored, box, full_shape, fill)
