@@ -35,13 +35,13 @@ RULES = {"iou>0.5": ("iou", 0.5), "dice>0.2": ("dice", 0.2)}
 
 
 def _label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
-    """Connected components (int32 labels numbered from 1, count). The one place that labels, so
-    it can switch to autoliver.ops.components without touching the callers."""
-    rank = {6: 1, 18: 2, 26: 3}.get(connectivity)
-    if rank is None:
+    """Connected components (int32 labels numbered from 1 in scan order, count), through the
+    compiled kernel (numbered exactly like scipy.ndimage.label)."""
+    from autoliver.ops.components import label
+
+    if connectivity not in (6, 18, 26):
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    structure = ndimage.generate_binary_structure(3, rank)
-    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=structure)
+    labels, n = label(np.asarray(mask, dtype=bool), connectivity=connectivity)
     return labels.astype(np.int32, copy=False), int(n)
 
 
