@@ -104,6 +104,7 @@ class Plan:
     device: str  # "cuda" | "cpu": what the budget below was planned for
     memory_budget_bytes: int
     configurations: dict[str, Configuration]
+    reasons: dict[str, str] = field(default_factory=dict)  # plan-wide decisions (target spacing, skipped configurations)
 
     def configuration(self, name: str) -> Configuration:
         from autoliver.errors import choose
