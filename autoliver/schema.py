@@ -37,6 +37,12 @@ def dumps(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
+def temporary_prefix(path: str | os.PathLike) -> str:
+    """Prefix of a temporary file that will become ``path``: hidden, and carrying the writer's
+    pid so a later run can tell (and remove) what a killed writer left behind."""
+    return f".{Path(path).name}.tmp{os.getpid()}."
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -54,7 +60,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file so that a crash never leaves a half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoliver.errors import UserError
-from autoliver.schema import publish
+from autoliver.schema import publish, temporary_prefix
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 # Labels are written with the smallest type that holds them; uint8 covers 0/1/2.
@@ -199,8 +199,8 @@ def read_image(path: str | os.PathLike) -> Image:
 
 def _atomic_target(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix="." + ".".join(path.name.split(".")[1:]),
-                               dir=path.parent)
+    # keep the real ending last: SimpleITK picks the file format from it
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=file_ending(path) or ".nii.gz", dir=path.parent)
     os.close(fd)
     return Path(tmp)
 

@@ -31,7 +31,8 @@ PROPS_SUFFIX = ".json"
 # zstd level 1 with byte shuffle: on CT data as small as level 3 (within 1 %) but 3x faster to
 # write and faster to read patches from; nnU-Net's level 8 is slower still for no gain.
 CLEVEL = 1
-_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)" + re.escape(IMAGE_SUFFIX) + "$")
+# Temporary names: ``.{file}.tmp{pid}…`` (arrays here, JSON via autoliver.schema.atomic_write_text).
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)")
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
