@@ -1,0 +1,1 @@
+"""Prediction: sliding window, fold and configuration ensembling, cascade, export, model choice."""

@@ -1,0 +1,138 @@
+"""CLI: predict, ensemble, find_best_configuration, export (thin: parse, call the API, print)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoliver.cli import add_command, add_dataset_arg, add_folder_args, add_progress_arg
+
+
+def run_predict(args) -> int:
+    from autoliver.inference.run import predict, request_from_args
+
+    return predict(request_from_args(args))
+
+
+def run_ensemble(args) -> int:
+    from autoliver.inference.ensemble import ensemble_folders
+    from autoliver.inference.inputs import check_output_folder
+    from autoliver.postprocessing import NONE
+    from autoliver.progress import say
+
+    for d in args.input:
+        check_output_folder(args.output, d)
+    recipe = NONE
+    if args.postprocessing:
+        from autoliver.inference.model import read_choice
+
+        choice = read_choice(args.postprocessing) if Path(args.postprocessing).is_file() else None
+        if choice is None:
+            from autoliver.errors import UserError
+
+            raise UserError(f"--postprocessing {args.postprocessing}: give an inference_choice.json written by "
+                            "find_best_configuration.")
+        recipe = choice.postprocessing
+    written = ensemble_folders(args.input, args.output, recipe, save_probabilities=args.save_probabilities)
+    say(f"ensemble: {len(written)} case(s) written to {args.output}")
+    return 0
+
+
+def run_find_best(args) -> int:
+    from autoliver.inference.find_best import find_best_from_args
+
+    return find_best_from_args(args)
+
+
+def run_export(args) -> int:
+    from autoliver import paths
+    from autoliver.inference.export import export_model, export_onnx
+    from autoliver.progress import say
+
+    results = paths.root("results", args.results_dir)
+    folder = results / paths.resolve_dataset(args.dataset, results)
+    configs = [args.configuration] if args.configuration else None
+    out = export_model(folder, args.output, configs, list(args.folds) if args.folds else None, args.checkpoint)
+    say(f"export: wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
+    say(f"use it: autoliver predict -m {out} -i INPUT -o OUTPUT")
+    if args.onnx:
+        from autoliver.inference.model import read_choice, trained_folds
+
+        config = args.configuration or read_choice(folder).configurations[0]
+        fold = (list(args.folds) or trained_folds(folder / config, args.checkpoint))[0]
+        path = export_onnx(folder, config, fold, Path(args.output).with_suffix(".onnx"), args.checkpoint)
+        say(f"export: wrote {path} ({config}, fold {fold})")
+    return 0
+
+
+def register(sub) -> None:
+    p = add_command(sub, "predict", help="segment scans (file, folder or DICOM series) with a trained model",
+                    example="autoliver predict -i scans/ -o segmentations/ -d LiTS")
+    p.add_argument("-i", "--input", required=True,
+                   help="an image file, a folder of images ({case}_0000.nii.gz or any .nii.gz/.nrrd/.mha), or DICOM "
+                        "series folders")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; never the input folder)")
+    add_dataset_arg(p, required=False)
+    p.add_argument("-m", "--model", default=None, help="a model .zip from `autoliver export` or a model folder "
+                                                        "(instead of -d)")
+    p.add_argument("-c", "--configuration", nargs="+", default=None,
+                   help="configuration(s); several are averaged (default: find_best_configuration's choice, "
+                        "else the only trained one)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to average (0 1 2 3 4 or all; default: "
+                                                                   "every trained fold)")
+    p.add_argument("--checkpoint", choices=("final", "best"), default=None,
+                   help="which checkpoint of each fold (default: the choice's, else final)")
+    p.add_argument("--step-size", type=float, default=None,
+                   help="sliding-window step as a fraction of the patch (default 0.5; --fast: 0.9)")
+    p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster in 3D)")
+    p.add_argument("--fast", action="store_true",
+                   help="CPU-friendly: one fold, no TTA, step 0.9, 3d_lowres instead of a full-resolution 3D "
+                        "configuration when it is trained")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write {case}.npz with class probabilities (float16) on the scan's grid")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip cases whose segmentation already exists (outputs are written atomically)")
+    p.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts (for several machines)")
+    p.add_argument("--part-id", type=int, default=0, help="which part this run predicts (0 … num-parts - 1)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
+    p.add_argument("--postprocessing", choices=("auto", "none"), default="auto",
+                   help="auto: the post-processing find_best_configuration chose; none: plain argmax")
+    p.add_argument("--num-threads", type=int, default=0, help="CPU threads for the network (0: torch's default)")
+    add_folder_args(p, "results")
+    add_progress_arg(p)
+    p.set_defaults(func=run_predict)
+
+    p = add_command(sub, "ensemble", help="average the probabilities of several predictions (--save-probabilities)",
+                    example="autoliver ensemble -i pred_3d pred_2d -o pred_ensemble")
+    p.add_argument("-i", "--input", nargs="+", required=True, help="two or more prediction folders with {case}.npz")
+    p.add_argument("-o", "--output", required=True, help="output folder (created)")
+    p.add_argument("--postprocessing", default=None,
+                   help="an inference_choice.json whose post-processing to apply (default: none)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write the averaged {case}.npz")
+    add_progress_arg(p)
+    p.set_defaults(func=run_ensemble)
+
+    p = add_command(sub, "find_best_configuration",
+                    help="compare trained configurations and their pairwise ensembles on cross-validation, choose "
+                         "the best and its post-processing",
+                    example="autoliver find_best_configuration -d LiTS")
+    add_dataset_arg(p, required=False)
+    p.add_argument("-c", "--configurations", nargs="+", default=None, help="configurations to compare (default: "
+                                                                          "every one with cross-validation results)")
+    p.add_argument("-f", "--folds", nargs="+", default=["0", "1", "2", "3", "4"], help="cross-validation folds")
+    p.add_argument("--no-ensembles", action="store_true", help="do not try pairs of configurations")
+    p.add_argument("--try-crf", action="store_true",
+                   help="also try the 3D dense CRF as post-processing (slow: one CRF per validation case)")
+    add_folder_args(p, "raw", "results")
+    add_progress_arg(p)
+    p.set_defaults(func=run_find_best)
+
+    p = add_command(sub, "export", help="pack a trained model into one self-contained .zip for predict -m",
+                    example="autoliver export -d LiTS -c 3d_fullres -o liver_model.zip")
+    add_dataset_arg(p, required=False)
+    p.add_argument("-c", "--configuration", default=None,
+                   help="configuration (default: find_best_configuration's choice, else the only trained one)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to include (default: every trained fold)")
+    p.add_argument("--checkpoint", choices=("final", "best"), default="final", help="which checkpoint of each fold")
+    p.add_argument("-o", "--output", required=True, help="the .zip to write")
+    p.add_argument("--onnx", action="store_true", help="also write one fold's network as ONNX next to the zip")
+    add_folder_args(p, "results")
+    p.set_defaults(func=run_export)

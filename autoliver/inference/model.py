@@ -1,0 +1,195 @@
+"""A trained model ready to predict: which configurations, which folds, which post-processing.
+
+A *model folder* has the layout of ``{results}/{dataset}/`` (so a results folder is one, and so is
+an unpacked ``autoliver export`` zip)::
+
+    inference_choice.json          written by find_best_configuration (optional)
+    {configuration}/plans.json
+    {configuration}/fold_{k}/checkpoint_{final,best}.pt
+
+Loading goes through ``autoliver.training.checkpoint.load_trained_model`` (the checkpoint carries
+its plan). A cascade configuration pulls in its previous stage from the same folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoliver.errors import UserError
+from autoliver.planning.plan import Configuration, Plan
+from autoliver.postprocessing import NONE, Postprocessing
+from autoliver.schema import read_document, write_json
+
+CHOICE_FILE = "inference_choice.json"
+CHOICE_SCHEMA_VERSION = 1
+FOLD_RE = re.compile(r"^fold_(\d+|all)$")
+
+
+@dataclass(frozen=True)
+class InferenceChoice:
+    """What ``find_best_configuration`` chose (``inference_choice.json``)."""
+
+    schema_version: int
+    dataset_name: str
+    configurations: tuple[str, ...]  # one, or several averaged as an ensemble
+    folds: tuple[str, ...]
+    checkpoint: str  # "final" | "best"
+    postprocessing: Postprocessing
+    cv_dice: dict[str, float]  # label name → cross-validated Dice of the choice (post-processed)
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # "a+b" → label → Dice
+    predict_command: str = ""
+
+
+def write_choice(folder: str | os.PathLike, choice: InferenceChoice) -> Path:
+    path = Path(folder) / CHOICE_FILE
+    write_json(path, choice)
+    return path
+
+
+def read_choice(folder: str | os.PathLike) -> InferenceChoice | None:
+    """The choice stored in a model folder (or the given choice file), None when there is none."""
+    path = Path(folder)
+    path = path if path.is_file() else path / CHOICE_FILE
+    if not path.is_file():
+        return None
+    return read_document(InferenceChoice, path, schema_version=CHOICE_SCHEMA_VERSION)
+
+
+@dataclass
+class StageModel:
+    """One trained configuration: its plan and one network per fold (cascade: + previous stage)."""
+
+    plan: Plan
+    configuration: Configuration
+    networks: list
+    folds: list[str] = field(default_factory=list)
+    previous: "StageModel | None" = None
+    mirror_axes: tuple[int, ...] | None = None  # None: every patch axis
+
+    @property
+    def name(self) -> str:
+        return self.configuration.name
+
+
+@dataclass
+class Model:
+    """Configurations whose probabilities are averaged (one = no ensemble) + post-processing."""
+
+    stages: list[StageModel]
+    postprocessing: Postprocessing = NONE
+
+    @property
+    def plan(self) -> Plan:
+        return self.stages[0].plan
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return dict(self.plan.labels)
+
+    @property
+    def num_channels(self) -> int:
+        """Input files per case (a 4D file of phases counts as one)."""
+        return len(self.plan.channel_names)
+
+    def describe(self) -> str:
+        parts = [f"{s.name} (folds {', '.join(s.folds)})" for s in self.stages]
+        return " + ".join(parts) + f"; post-processing: {self.postprocessing.describe()}"
+
+
+def trained_folds(config_dir: Path, checkpoint: str = "final") -> list[str]:
+    """Fold names ('0', …, 'all') of ``config_dir`` that have ``checkpoint_{checkpoint}.pt``."""
+    if not config_dir.is_dir():
+        return []
+    folds = [m.group(1) for p in config_dir.iterdir() if (m := FOLD_RE.match(p.name))
+             and (p / f"checkpoint_{checkpoint}.pt").is_file()]
+    return sorted(folds, key=lambda f: (f == "all", int(f) if f.isdigit() else 0))
+
+
+def trained_configurations(model_dir: Path, checkpoint: str = "final") -> list[str]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(p.name for p in model_dir.iterdir() if p.is_dir() and trained_folds(p, checkpoint))
+
+
+def _load_stage(model_dir: Path, name: str, folds: list[str] | None, checkpoint: str, device: str) -> StageModel:
+    from autoliver.training.checkpoint import load_trained_model
+
+    config_dir = model_dir / name
+    available = trained_folds(config_dir, checkpoint)
+    if not available:
+        have = trained_configurations(model_dir, checkpoint)
+        raise UserError(f"-c {name}: no trained folds with checkpoint_{checkpoint}.pt in {config_dir} "
+                        f"(trained configurations: {', '.join(have) or 'none'}). Train it with "
+                        f"`autoliver train {name} FOLD` first.")
+    if folds is None:
+        folds = [f for f in available if f != "all"] or available
+    missing = [f for f in folds if f not in available]
+    if missing:
+        raise UserError(f"-f: fold(s) {', '.join(missing)} of {name} are not trained (checkpoint_{checkpoint}.pt); "
+                        f"trained: {', '.join(available)}.")
+    networks, plan, config = [], None, None
+    for f in folds:
+        net, plan, config = load_trained_model(config_dir / f"fold_{f}", device=device, which=checkpoint)
+        networks.append(net)
+    previous = None
+    if config.previous_stage:
+        previous = _load_stage(model_dir, config.previous_stage, folds, checkpoint, device)
+    return StageModel(plan, config, networks, list(folds), previous)
+
+
+def load_model(model_dir: str | os.PathLike, configurations: list[str] | None = None, folds: list[str] | None = None,
+               checkpoint: str | None = None, device: str = "cpu", postprocessing: Postprocessing | None = None,
+               fast: bool = False) -> Model:
+    """Load the networks named by the arguments, falling back to ``inference_choice.json``, then to
+    the only trained configuration.
+
+    fast: one fold, and ``3d_lowres`` in place of a full-resolution 3D configuration when it is trained.
+    """
+    model_dir = Path(model_dir)
+    choice = read_choice(model_dir)
+    if checkpoint is None:
+        checkpoint = choice.checkpoint if choice and not configurations else "final"
+    if not configurations:
+        if choice:
+            configurations = list(choice.configurations)
+            folds = folds or list(choice.folds)
+        else:
+            trained = trained_configurations(model_dir, checkpoint)
+            if len(trained) != 1:
+                raise UserError(
+                    f"{model_dir}: {'no' if not trained else 'several'} trained configurations "
+                    f"({', '.join(trained) or 'none'}) and no {CHOICE_FILE}. Pass -c CONFIGURATION or run "
+                    "`autoliver find_best_configuration` first.")
+            configurations = trained
+    if postprocessing is None:
+        same = choice is not None and list(choice.configurations) == list(configurations)
+        postprocessing = choice.postprocessing if same else NONE
+    if fast:
+        configurations = [_fast_configuration(model_dir, configurations, checkpoint)]
+        available = trained_folds(model_dir / configurations[0], checkpoint)
+        pick = [f for f in (folds or []) if f in available] or (["all"] if "all" in available else available[:1])
+        folds = pick[:1]
+    stages = [_load_stage(model_dir, c, folds, checkpoint, device) for c in configurations]
+    labels = stages[0].plan.labels
+    for s in stages[1:]:
+        if s.plan.labels != labels:
+            raise UserError(f"-c: configurations {stages[0].name} and {s.name} have different labels "
+                            f"({labels} vs {s.plan.labels}); they cannot be ensembled.")
+    return Model(stages, postprocessing)
+
+
+def configuration_of(folder_name: str) -> str:
+    """The plan configuration of a results folder: ``3d_fullres__adam`` (a non-default recipe) → ``3d_fullres``."""
+    return folder_name.split("__", 1)[0]
+
+
+def _fast_configuration(model_dir: Path, configurations: list[str], checkpoint: str) -> str:
+    """The low-resolution model trained with the same recipe, when the first choice is full resolution."""
+    first = configurations[0]
+    config, _, recipe = first.partition("__")
+    lowres = "3d_lowres" + (f"__{recipe}" if recipe else "")
+    if config in ("3d_fullres", "3d_cascade_fullres") and trained_folds(model_dir / lowres, checkpoint):
+        return lowres
+    return first

@@ -1,0 +1,99 @@
+"""``autoliver train CONFIG FOLD``: train one configuration of the plan on one cross-validation fold."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from autoliver.cli import add_command, add_dataset_arg, add_folder_args, add_progress_arg
+
+
+def register(subparsers) -> None:
+    from autoliver.training.recipes import RECIPES
+
+    p = add_command(
+        subparsers, "train", help="train one configuration on one fold (resumable with --c)",
+        example="autoliver train 3d_fullres 0 -d LiTS\n  autoliver train 3d_fullres 0 --epochs 50 --iters 50 --device cpu"
+                "\n  autoliver train 3d_fullres 0 --c            # continue after an interruption",
+        description="Train one configuration of the dataset's plan on one fold (0-4, or 'all' for every case). "
+                    "Results go to {results}/{dataset}/{configuration}/fold_{FOLD} (non-default recipes: "
+                    "{configuration}__{recipe}): checkpoints, metrics.jsonl, progress.png, validation/summary.json.")
+    p.add_argument("configuration", metavar="CONFIG",
+                   help="a configuration of the plan: 2d, 3d_fullres, 3d_lowres, 3d_cascade_fullres, 3d_convlstm")
+    p.add_argument("fold", metavar="FOLD", help="cross-validation fold: 0, 1, 2, 3, 4 or all")
+    add_dataset_arg(p, required=False)
+    add_folder_args(p, "preprocessed", "results")
+    p.add_argument("--recipe", default="default",
+                   help="training recipe: " + "; ".join(f"{k} ({r.description})" for k, r in RECIPES.items()))
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="where to train (default: cuda if available)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: mixed precision on CUDA (bf16, else fp16), fp32 on a CPU; bf16 on a CPU with "
+                        "native bf16 (AVX512-BF16/AMX) is about twice as fast but not bitwise repeatable")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the recipe's)")
+    p.add_argument("--iters", type=int, default=None, help="iterations per epoch (default: the recipe's)")
+    p.add_argument("--c", dest="resume", action="store_true",
+                   help="continue from checkpoint_latest.pt exactly (network, optimizer, RNG states, epoch)")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="data-parallel processes (torchrun + DDP), one per GPU; with --device cpu, CPU processes")
+    p.add_argument("-np", "--num-processes", type=int, default=None,
+                   help="background augmentation processes per GPU/process (default: CPU cores − 1, at most 12)")
+    p.add_argument("--val", dest="validation_only", action="store_true",
+                   help="only run the full-case validation of checkpoint_final.pt")
+    p.add_argument("--npz", dest="save_probabilities", action="store_true",
+                   help="also save validation probabilities (.npz) for ensembling")
+    p.set_defaults(validate=True)  # before the flag, so --help does not call "skip" a default
+    p.add_argument("--no-validation", dest="validate", action="store_false", default=argparse.SUPPRESS,
+                   help="skip the full-case validation at the end")
+    add_progress_arg(p)
+    p.set_defaults(func=run_train)
+
+
+def _relaunch_argv(args) -> list[str]:
+    argv = ["train", args.configuration, str(args.fold), "--recipe", args.recipe]
+    for flag, value in (("-d", args.dataset), ("--preprocessed-dir", args.preprocessed_dir),
+                        ("--results-dir", args.results_dir), ("--device", args.device), ("--precision", args.precision), ("--epochs", args.epochs),
+                        ("--iters", args.iters), ("-np", args.num_processes)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, on in (("--c", args.resume), ("--val", args.validation_only), ("--npz", args.save_probabilities),
+                     ("--no-validation", not args.validate), ("--no-progress", args.no_progress), ("--debug", args.debug)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
+def run_train(args) -> int:
+    from autoliver.errors import UserError
+    from autoliver.paths import resolve_dataset, root
+    from autoliver.planning.plan import read_plan
+    from autoliver.preprocessing import storage
+    from autoliver.training.recipes import get_recipe
+
+    if args.num_gpus > 1 and "WORLD_SIZE" not in os.environ:
+        from autoliver.training.distributed import relaunch
+
+        return relaunch(_relaunch_argv(args), args.num_gpus)
+    preprocessed, results = root("preprocessed", args.preprocessed_dir), root("results", args.results_dir)
+    dataset = resolve_dataset(args.dataset, preprocessed)
+    plan_file = preprocessed / dataset / "plans.json"
+    if not plan_file.is_file():
+        raise UserError(f"{dataset}: not planned ({plan_file} is missing). Run `autoliver plan_and_preprocess -d {dataset}`.")
+    plan = read_plan(plan_file)
+    config = plan.configuration(args.configuration)
+    data_folder = preprocessed / dataset / config.data_identifier
+    if not storage.list_cases(data_folder):
+        raise UserError(f"{dataset} {config.name}: not preprocessed ({data_folder} has no cases). "
+                        f"Run `autoliver preprocess -d {dataset} -c {config.name}`.")
+    recipe = get_recipe(args.recipe)
+    if args.epochs is not None and args.epochs < 1 or args.iters is not None and args.iters < 1:
+        raise UserError(f"--epochs and --iters must be >= 1, got {args.epochs} and {args.iters}")
+    if args.num_processes is not None and args.num_processes < 0:
+        raise UserError(f"-np must be >= 0, got {args.num_processes}")
+
+    from autoliver.training.trainer import TrainingRun, train
+
+    train(TrainingRun(plan=plan, configuration=config.name, fold=str(args.fold), recipe=recipe,
+                      preprocessed_dir=preprocessed / dataset, results_dir=results / dataset, device=args.device,
+                      epochs=args.epochs, iterations_per_epoch=args.iters, resume=args.resume,
+                      num_workers=args.num_processes, validate=args.validate, validation_only=args.validation_only,
+                      save_probabilities=args.save_probabilities, precision=args.precision))
+    return 0

@@ -1,0 +1,318 @@
+"""Training batches: patches read lazily from the preprocessed files, augmented, in worker processes.
+
+Batch number ``i`` is a pure function of ``(seed, rank, i)``: which cases, where the patches lie,
+and every random augmentation parameter are drawn from generators seeded with that triple. Worker
+processes may therefore run ahead, and a run resumed at epoch ``e`` gets exactly the batches it
+would have got without the interruption.
+
+A patch is never read whole-case: for each sample the spatial augmentation (rotation, scaling,
+optional elastic deformation; batchgenerators' coordinate functions) is drawn first, the bounding
+box of the transformed sampling grid is read from the Blosc2 file (only the chunks it touches are
+decompressed) and resampled with ``scipy.ndimage.map_coordinates``. The intensity augmentations
+and mirroring are batchgenerators transforms applied to the batch, as in nnU-Net.
+
+Foreground oversampling: on average ``oversample_foreground`` of the samples are centred on a
+voxel of a foreground class picked uniformly among the classes the case has (so tumours get as
+many forced patches as the liver), using the ``class_locations`` stored with each case.
+
+2D configurations (patch (y, x)) sample one slice per sample. The cascade adds the previous
+stage's prediction as one-hot channels (one per foreground class) after the spatial transform
+(nearest-neighbour, like the labels) and, with some probability, dilates or erodes it so the
+network learns not to copy it blindly.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from autoliver.errors import UserError
+from autoliver.preprocessing import storage
+from autoliver.training.recipes import Augmentation
+
+ANISOTROPY_THRESHOLD = 3.0  # nnU-Net: a 3D patch this much thinner in z gets in-plane augmentation only
+
+
+def is_anisotropic(patch_size) -> bool:
+    return len(patch_size) == 3 and max(patch_size) / patch_size[0] > ANISOTROPY_THRESHOLD
+
+
+def _class_locations(properties: dict) -> dict[int, np.ndarray]:
+    out = {}
+    for label, locs in (properties.get("class_locations") or {}).items():
+        arr = np.asarray(locs, dtype=np.int64).reshape(-1, 3)
+        if int(label) > 0 and len(arr):
+            out[int(label)] = arr
+    return out
+
+
+def read_region(array, start, size, fill=0) -> np.ndarray:
+    """``array[:, start:start+size]`` over the spatial axes, with ``fill`` outside the array."""
+    shape = array.shape[1:]
+    out = np.full((array.shape[0], *size), fill, dtype=array.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    for s, n, dim in zip(start, size, shape):
+        lo, hi = max(0, s), min(dim, s + n)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class PatchBatches(torch.utils.data.Dataset):
+    """Index ``i`` → batch ``{"data": (B, C, *patch) float32, "target": (B, 1, *patch) int8, "index": i}``.
+
+    folder: preprocessed configuration folder; cases: case ids to sample from.
+    augmentation: None for plain patches (validation pseudo-Dice).
+    previous_stage: folder of the previous stage's predictions (``{case}.b2nd``, (1, z, y, x) int8
+        on this configuration's grid) for the cascade, else None.
+    """
+
+    def __init__(self, folder: str | os.PathLike, cases: list[str], patch_size, batch_size: int, num_classes: int, *,
+                 augmentation: Augmentation | None, oversample_foreground: float = 1 / 3, seed: int = 0,
+                 rank: int = 0, previous_stage: str | os.PathLike | None = None):
+        if not cases:
+            raise UserError(f"{folder}: no cases to train on")
+        self.folder, self.cases = Path(folder), list(cases)
+        self.patch = tuple(int(p) for p in patch_size)
+        self.dims = len(self.patch)
+        self.batch_size, self.num_classes = int(batch_size), int(num_classes)
+        self.aug = augmentation if augmentation is not None and augmentation.enabled else None
+        self.oversample = float(oversample_foreground)
+        self.seed, self.rank = int(seed), int(rank)
+        self.previous_stage = Path(previous_stage) if previous_stage else None
+        self.locations = []
+        for case in self.cases:
+            if not storage.is_complete(self.folder, case):
+                raise UserError(f"{self.folder}: case {case!r} is not preprocessed (or incomplete). "
+                                "Run `autoliver preprocess` again; it resumes.")
+            self.locations.append(_class_locations(storage.read_properties(self.folder, case)))
+            if self.previous_stage and not (self.previous_stage / f"{case}{storage.IMAGE_SUFFIX}").is_file():
+                raise UserError(f"{self.previous_stage}: the previous stage's prediction of {case!r} is missing. "
+                                "Train all five folds of the previous stage first (their validation writes them).")
+        self.anisotropic = is_anisotropic(self.patch)
+        self.transforms = _intensity_transforms(self.aug, self.dims, self.anisotropic) if self.aug else None
+        self._handles: dict = {}
+
+    def __getstate__(self):  # open file handles stay in the process that opened them
+        return {**self.__dict__, "_handles": {}}
+
+    def __len__(self):  # a stream: the sampler decides which batch numbers are drawn
+        return 2 ** 62
+
+    def _open(self, i: int):
+        key = (os.getpid(), i)
+        if key not in self._handles:
+            import blosc2
+
+            c = storage.open_case(self.folder, self.cases[i])
+            if c.seg is None:
+                raise UserError(f"{self.folder}: case {self.cases[i]!r} has no labels ({storage.SEG_SUFFIX} missing)")
+            prev = None
+            if self.previous_stage:
+                prev = blosc2.open(str(self.previous_stage / f"{self.cases[i]}{storage.IMAGE_SUFFIX}"), mode="r")
+                if tuple(prev.shape[1:]) != c.shape_zyx:
+                    raise UserError(f"{self.previous_stage}: prediction of {self.cases[i]!r} has shape {prev.shape[1:]}, "
+                                    f"the preprocessed case {c.shape_zyx}. Re-run the previous stage's validation.")
+            self._handles[key] = (c.image, c.seg, prev)
+        return self._handles[key]
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.rank, int(index)])
+        # batchgenerators draws from the global generators: seed them from this batch's generator
+        # and put the caller's state back afterwards.
+        saved = np.random.get_state(), random.getstate()
+        np.random.seed(int(rng.integers(2 ** 32)))
+        random.seed(int(rng.integers(2 ** 32)))
+        try:
+            return self._make_batch(rng, index)
+        finally:
+            np.random.set_state(saved[0])
+            random.setstate(saved[1])
+
+    def _make_batch(self, rng: np.random.Generator, index: int) -> dict:
+        expected = self.batch_size * self.oversample
+        forced = int(math.floor(expected)) + int(rng.random() < expected - math.floor(expected))
+        data, segs = [], []
+        for b in range(self.batch_size):
+            i = int(rng.integers(len(self.cases)))
+            d, s = self._sample(i, force=b >= self.batch_size - forced, rng=rng)
+            data.append(d)
+            segs.append(s)
+        batch = {"data": np.stack(data), "seg": np.stack(segs)}
+        if self.transforms is not None:
+            batch = self.transforms(**batch)
+        seg = batch["seg"]
+        target = seg[:, :1].astype(np.int8)
+        x = batch["data"].astype(np.float32, copy=False)
+        if self.previous_stage:
+            prev = seg[:, 1]
+            if self.aug and self.aug.p_cascade_morphology > 0:
+                prev = _perturb_masks(prev, self.aug.p_cascade_morphology, self.num_classes, rng)
+            onehot = np.stack([prev == k for k in range(1, self.num_classes)], axis=1).astype(np.float32)
+            x = np.concatenate((x, onehot), axis=1)
+        return {"data": torch.from_numpy(np.ascontiguousarray(x)), "target": torch.from_numpy(np.ascontiguousarray(target)),
+                "index": int(index)}
+
+    # ---- one sample ---------------------------------------------------------------------------
+    def _sample(self, i: int, force: bool, rng: np.random.Generator):
+        image, seg, prev = self._open(i)
+        shape = tuple(image.shape[1:])
+        locations = self.locations[i]
+        loc = None
+        if force and locations:
+            label = list(locations)[int(rng.integers(len(locations)))]
+            loc = locations[label][int(rng.integers(len(locations[label])))]
+        if self.dims == 2:
+            z = int(loc[0]) if loc is not None else int(rng.integers(shape[0]))
+            start = self._start(shape[1:], None if loc is None else loc[1:], rng)
+        else:
+            z = None
+            start = self._start(shape, loc, rng)
+        coords = self._spatial_coords(start) if self.aug else None
+        sources = [(image, 0.0, self.aug.order_data if self.aug else 0), (seg, 0, 0)]
+        if prev is not None:
+            sources.append((prev, 0, 0))
+        out = []
+        for array, fill, order in sources:
+            if coords is None:
+                region = self._read(array, z, start, self.patch, fill)
+            else:
+                lo = np.floor(coords.reshape(self.dims, -1).min(1)).astype(int) - 1
+                hi = np.ceil(coords.reshape(self.dims, -1).max(1)).astype(int) + 2
+                region = self._read(array, z, tuple(lo), tuple(hi - lo), fill)
+                local = coords - lo.reshape(-1, *([1] * self.dims))
+                region = np.stack([ndimage.map_coordinates(c.astype(np.float32, copy=False), local, order=order,
+                                                           mode="constant", cval=fill, prefilter=order > 1)
+                                   for c in region])
+            out.append(region)
+        data = out[0].astype(np.float32, copy=False)
+        labels = np.concatenate(out[1:]).astype(np.int16)
+        labels[labels < 0] = 0  # -1 marks voxels outside the body crop: background for the loss
+        return data, labels
+
+    def _read(self, array, z, start, size, fill):
+        if z is None:
+            return read_region(array, start, size, fill)
+        return read_region(array, (z, *start), (1, *size), fill)[:, 0]
+
+    def _start(self, shape, loc, rng) -> tuple[int, ...]:
+        """Patch start per axis; a patch larger than the case is centred (nnU-Net's padding rule)."""
+        start = []
+        for d, (s, p) in enumerate(zip(shape, self.patch)):
+            need = max(0, p - s)
+            lo, hi = -(need // 2), s + need // 2 + need % 2 - p
+            if loc is None:
+                start.append(int(rng.integers(lo, hi + 1)))
+            else:
+                start.append(int(np.clip(int(loc[d]) - p // 2, lo, hi)))
+        return tuple(start)
+
+    def _spatial_coords(self, start) -> np.ndarray | None:
+        """The transformed sampling grid in case coordinates, or None when no spatial augmentation
+        was drawn for this sample (then the patch is read as it is)."""
+        from batchgenerators.augmentations.utils import (create_zero_centered_coordinate_mesh, elastic_deform_coordinates,
+                                                         rotate_coords_2d, rotate_coords_3d, scale_coords)
+
+        a = self.aug
+        coords = create_zero_centered_coordinate_mesh(self.patch)
+        modified = False
+        in_plane = self.dims == 2 or self.anisotropic
+        if a.p_elastic > 0 and np.random.uniform() < a.p_elastic:
+            alpha, sigma = np.random.uniform(*a.elastic_alpha), np.random.uniform(*a.elastic_sigma)
+            deformed = elastic_deform_coordinates(coords, alpha, sigma)
+            if self.anisotropic:
+                deformed[0] = coords[0]
+            coords, modified = deformed, True
+        if a.p_rotation > 0 and np.random.uniform() < a.p_rotation:
+            if self.dims == 2:
+                coords = rotate_coords_2d(coords, np.deg2rad(np.random.uniform(-a.rotation_2d_deg, a.rotation_2d_deg)))
+            elif in_plane:  # rotation about z only: angle_x turns the (y, x) plane of (z, y, x) arrays
+                coords = rotate_coords_3d(coords, np.deg2rad(np.random.uniform(-a.rotation_2d_deg, a.rotation_2d_deg)), 0, 0)
+            else:
+                angles = np.deg2rad(np.random.uniform(-a.rotation_3d_deg, a.rotation_3d_deg, size=3))
+                coords = rotate_coords_3d(coords, *angles)
+            modified = True
+        if a.p_scale > 0 and np.random.uniform() < a.p_scale:
+            lo, hi = a.scale_range
+            s = np.random.uniform(lo, 1) if (np.random.random() < 0.5 and lo < 1) else np.random.uniform(max(lo, 1), hi)
+            coords = scale_coords(coords, [1.0, s, s] if self.anisotropic else s)
+            modified = True
+        if not modified:
+            return None
+        for d in range(self.dims):
+            coords[d] += start[d] + (self.patch[d] - 1) / 2
+        return coords
+
+
+def _intensity_transforms(a: Augmentation, dims: int, anisotropic: bool):
+    """nnU-Net's intensity augmentation and mirroring, as batchgenerators transforms."""
+    from batchgenerators.transforms.abstract_transforms import Compose
+    from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
+                                                             ContrastAugmentationTransform, GammaTransform)
+    from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
+    from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
+    from batchgenerators.transforms.spatial_transforms import MirrorTransform
+
+    ts = [
+        GaussianNoiseTransform(noise_variance=tuple(a.noise_variance), p_per_sample=a.p_noise),
+        GaussianBlurTransform(tuple(a.blur_sigma), different_sigma_per_channel=True, p_per_sample=a.p_blur,
+                              p_per_channel=0.5),
+        BrightnessMultiplicativeTransform(multiplier_range=tuple(a.brightness_range), p_per_sample=a.p_brightness),
+        ContrastAugmentationTransform(contrast_range=tuple(a.contrast_range), p_per_sample=a.p_contrast),
+        SimulateLowResolutionTransform(zoom_range=tuple(a.low_resolution_zoom), per_channel=True, p_per_channel=0.5,
+                                       order_downsample=0, order_upsample=3, p_per_sample=a.p_low_resolution,
+                                       ignore_axes=(0,) if anisotropic else None),
+        GammaTransform(tuple(a.gamma_range), invert_image=True, per_channel=True, retain_stats=True,
+                       p_per_sample=a.p_gamma_inverted),
+        GammaTransform(tuple(a.gamma_range), invert_image=False, per_channel=True, retain_stats=True,
+                       p_per_sample=a.p_gamma),
+    ]
+    if a.mirror:
+        ts.append(MirrorTransform(axes=tuple(range(dims))))
+    return Compose([t for t in ts if getattr(t, "p_per_sample", 1) > 0])
+
+
+def _perturb_masks(prev: np.ndarray, p: float, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """Dilate or erode one foreground class of the previous stage's labels, per sample with prob. p."""
+    prev = prev.copy()
+    for b in range(prev.shape[0]):
+        if rng.random() >= p:
+            continue
+        k = int(rng.integers(1, num_classes)) if num_classes > 1 else 0
+        mask = prev[b] == k
+        if not mask.any():
+            continue
+        op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
+        changed = op(mask, iterations=int(rng.integers(1, 3)))
+        prev[b][mask & ~changed] = 0
+        prev[b][changed & (prev[b] < k)] = k
+    return prev
+
+
+def _worker_init(_):
+    import blosc2
+
+    blosc2.set_nthreads(1)
+    torch.set_num_threads(1)
+
+
+def batch_loader(dataset: PatchBatches, start: int, stop: int, num_workers: int, pin_memory: bool = False):
+    """Batches ``start … stop−1`` in order, prepared by ``num_workers`` background processes
+    (0: in this process)."""
+    kwargs = {}
+    if num_workers > 0:
+        kwargs = {"prefetch_factor": 2, "worker_init_fn": _worker_init, "persistent_workers": False,
+                  "multiprocessing_context": "fork" if os.name == "posix" else None}
+    # Its own generator: starting the workers draws a seed, and from the global generator that draw
+    # would shift every later random number of a resumed run against an uninterrupted one.
+    return torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(int(start), int(stop)),
+                                       num_workers=num_workers, pin_memory=pin_memory,
+                                       generator=torch.Generator().manual_seed(0), **kwargs)

@@ -1,0 +1,118 @@
+"""Training recipes: everything about *how* a configuration is trained, as data.
+
+A :class:`Recipe` is a frozen dataclass of JSON primitives registered by name; the checkpoint
+stores it as a JSON dict, so a model folder says how it was made. Variation is a new entry in
+:data:`RECIPES`, never a trainer subclass.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from autoliver.errors import UserError, choose
+from autoliver.schema import from_jsonable, to_jsonable
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """batchgenerators augmentation, nnU-Net's defaults. ``p_*`` are per-sample probabilities.
+
+    Rotation angles are in degrees about each axis for 3D patches; 2D patches and anisotropic 3D
+    patches (z much coarser than y, x) rotate in-plane by up to ``rotation_2d_deg``.
+    """
+
+    enabled: bool = True
+    p_rotation: float = 0.2
+    rotation_3d_deg: float = 30.0
+    rotation_2d_deg: float = 180.0
+    p_scale: float = 0.2
+    scale_range: tuple[float, float] = (0.7, 1.4)
+    p_elastic: float = 0.0  # elastic deformation is optional (0 = off, as nnU-Net v2)
+    elastic_alpha: tuple[float, float] = (0.0, 200.0)
+    elastic_sigma: tuple[float, float] = (9.0, 13.0)
+    order_data: int = 3  # spline order of the image resampling (labels: nearest)
+    p_noise: float = 0.1
+    noise_variance: tuple[float, float] = (0.0, 0.1)
+    p_blur: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    p_brightness: float = 0.15
+    brightness_range: tuple[float, float] = (0.75, 1.25)
+    p_contrast: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    p_low_resolution: float = 0.25
+    low_resolution_zoom: tuple[float, float] = (0.5, 1.0)
+    p_gamma: float = 0.3
+    p_gamma_inverted: float = 0.1
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    mirror: bool = True
+    p_cascade_morphology: float = 0.4  # cascade: dilate/erode the previous stage's mask
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    optimizer: str = "sgd"  # "sgd" (Nesterov) | "adam" (AdamW)
+    learning_rate: float = 1e-2
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    schedule: str = "poly"  # "poly": lr·(1 − epoch/epochs)^0.9 | "constant"
+    poly_exponent: float = 0.9
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    validation_fraction: float = 0.2  # pseudo-Dice batches per epoch, per training iteration (nnU-Net: 50 / 250)
+    grad_clip_norm: float = 12.0
+    loss: dict[str, float] = field(default_factory=lambda: {"dice": 1.0, "ce": 1.0})
+    region: bool = False  # sigmoid outputs for nested regions (liver ⊃ tumour) instead of softmax classes
+    oversample_foreground: float = 1 / 3  # share of patches forced to contain a foreground class
+    augmentation: Augmentation = Augmentation()
+    ema_pseudo_dice: float = 0.9  # smoothing of the pseudo-Dice that selects checkpoint_best
+    description: str = ""
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+    check_recipe(recipe)
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def check_recipe(r: Recipe) -> None:
+    from autoliver.training.losses import check_terms
+
+    choose(f"recipe {r.name}: optimizer", r.optimizer, ("sgd", "adam"))
+    choose(f"recipe {r.name}: schedule", r.schedule, ("poly", "constant"))
+    check_terms(r.loss)
+    for name in ("epochs", "iterations_per_epoch"):
+        if getattr(r, name) < 1:
+            raise UserError(f"recipe {r.name}: {name} must be >= 1, got {getattr(r, name)}")
+    if not 0 <= r.oversample_foreground <= 1:
+        raise UserError(f"recipe {r.name}: oversample_foreground must be in [0, 1], got {r.oversample_foreground}")
+
+
+def get_recipe(name: str) -> Recipe:
+    return RECIPES[choose("--recipe", name, RECIPES)]
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return to_jsonable(recipe)
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    return from_jsonable(Recipe, data, "recipe")
+
+
+DEFAULT = register(Recipe(
+    "default", description="nnU-Net's: SGD Nesterov 0.99, lr 1e-2 poly, Dice + CE, 1000 × 250 iterations"))
+register(dataclasses.replace(
+    DEFAULT, name="adam", optimizer="adam", learning_rate=3e-4, weight_decay=1e-5,
+    description="AdamW lr 3e-4 with poly decay, Dice + CE (the seed papers' optimizer)"))
+register(dataclasses.replace(
+    DEFAULT, name="dice_bce_focal_tversky", loss={"dice": 0.3, "bce": 0.3, "focal_tversky": 0.4},
+    description="0.3 Dice + 0.3 BCE + 0.4 focal Tversky, for small, imbalanced tumours"))
+register(dataclasses.replace(
+    DEFAULT, name="dice_focal", loss={"dice": 0.8, "focal": 0.2}, description="0.8 Dice + 0.2 focal"))
+register(dataclasses.replace(
+    DEFAULT, name="region", region=True,
+    description="region-based: sigmoid outputs for liver (labels >= 1) and tumour (label 2), Dice + BCE"))

@@ -1,0 +1,190 @@
+"""Model variants at prediction time: cascade, 2D, ensembles of configurations, --fast, export zip."""
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from autoliver.cli import main
+from autoliver.errors import UserError
+from autoliver.inference.export import export_model
+from autoliver.inference.model import CHOICE_SCHEMA_VERSION, InferenceChoice, load_model, write_choice
+from autoliver.inference.run import PredictRequest, predict
+from autoliver.io.images import read_image
+from autoliver.postprocessing import Postprocessing
+from inference_helpers import save_model, tiny_configuration, tiny_plan
+from test_inference_predict import small_scan
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """3d_fullres, 3d_lowres, 3d_cascade_fullres and 2d of one plan, untrained."""
+    d = tmp_path_factory.mktemp("zoo")
+    full = tiny_configuration("3d_fullres", spacing=(4.0, 4.0, 4.0), data_identifier="plans_3d")
+    low = tiny_configuration("3d_lowres", spacing=(8.0, 8.0, 8.0), data_identifier="plans_low")
+    cascade = tiny_configuration("3d_cascade_fullres", spacing=(4.0, 4.0, 4.0), data_identifier="plans_3d",
+                                 previous_stage="3d_lowres", in_channels=3)
+    two_d = tiny_configuration("2d", spacing=(4.0, 4.0, 4.0), patch=(32, 32), dims=2, data_identifier="plans_3d")
+    plan = tiny_plan([full, low, cascade, two_d])
+    for name in plan.configurations:
+        save_model(d, plan, name, folds=("0", "1"), seed=10 * sorted(plan.configurations).index(name))
+    return d
+
+
+@pytest.fixture
+def scans(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    small_scan(src / "a_0000.nii.gz", seed=1)
+    small_scan(src / "b_0000.nii.gz", seed=2, shape=(9, 30, 41))
+    return src
+
+
+@pytest.mark.parametrize("config", ["3d_fullres", "3d_lowres", "3d_cascade_fullres", "2d"])
+def test_every_configuration_predicts_on_the_input_grid(zoo, scans, tmp_path, config):
+    out = tmp_path / "out"
+    assert predict(PredictRequest(input=scans, output=out, model_dir=zoo, configurations=(config,), tta=False)) == 0
+    for case in ("a", "b"):
+        inp, seg = read_image(scans / f"{case}_0000.nii.gz"), read_image(out / f"{case}.nii.gz")
+        assert seg.geometry.matches(inp.geometry, tol=1e-5) and seg.array.shape == inp.array.shape
+
+
+def test_cascade_loads_its_previous_stage(zoo):
+    m = load_model(zoo, configurations=["3d_cascade_fullres"], folds=["1"])
+    stage = m.stages[0]
+    assert stage.previous is not None and stage.previous.name == "3d_lowres" and stage.previous.folds == ["1"]
+
+
+def test_two_configurations_are_averaged(zoo, scans, tmp_path):
+    outs = {}
+    for configs in (("3d_fullres",), ("2d",), ("3d_fullres", "2d")):
+        out = tmp_path / "_".join(configs)
+        predict(PredictRequest(input=scans, output=out, model_dir=zoo, configurations=configs, tta=False,
+                               save_probabilities=True))
+        with np.load(out / "a.npz") as z:
+            outs[configs] = z["probabilities"].astype(np.float32)
+    mean = (outs[("3d_fullres",)] + outs[("2d",)]) / 2
+    np.testing.assert_allclose(outs[("3d_fullres", "2d")], mean, atol=2e-3)
+
+
+def test_fast_mode_uses_lowres_one_fold_no_tta(zoo):
+    m = load_model(zoo, configurations=["3d_fullres"], fast=True)
+    assert [s.name for s in m.stages] == ["3d_lowres"] and m.stages[0].folds == ["0"]
+    m = load_model(zoo, configurations=["2d"], fast=True)
+    assert [s.name for s in m.stages] == ["2d"] and len(m.stages[0].networks) == 1
+
+
+def test_choice_file_drives_the_default_model(zoo, tmp_path):
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(zoo, d)
+    with pytest.raises(UserError, match="several trained configurations"):
+        load_model(d)
+    pp = Postprocessing(keep_largest_liver=True)
+    write_choice(d, InferenceChoice(CHOICE_SCHEMA_VERSION, "Dataset001_Tiny", ("3d_fullres", "2d"), ("1",), "final",
+                                    pp, {"liver": 0.9}))
+    m = load_model(d)
+    assert [s.name for s in m.stages] == ["3d_fullres", "2d"] and m.stages[0].folds == ["1"]
+    assert m.postprocessing == pp
+    # naming other configurations drops the choice's post-processing (it was decided for the choice)
+    assert load_model(d, configurations=["3d_lowres"]).postprocessing == Postprocessing()
+
+
+def test_export_zip_is_self_contained_and_predicts_identically(zoo, scans, tmp_path):
+    z = export_model(zoo, tmp_path / "model.zip", configurations=["3d_cascade_fullres"], folds=["0"])
+    with zipfile.ZipFile(z) as f:
+        names = sorted(f.namelist())
+    assert names == ["3d_cascade_fullres/fold_0/checkpoint_final.pt", "3d_cascade_fullres/plans.json",
+                     "3d_lowres/fold_0/checkpoint_final.pt", "3d_lowres/plans.json", "inference_choice.json"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    predict(PredictRequest(input=scans, output=a, model_dir=zoo, configurations=("3d_cascade_fullres",),
+                           folds=("0",), tta=False))
+    predict(PredictRequest(input=scans, output=b, model_dir=z, tta=False))
+    for case in ("a.nii.gz", "b.nii.gz"):
+        np.testing.assert_array_equal(read_image(a / case).array, read_image(b / case).array)
+
+
+def test_export_cli_and_broken_zips(zoo, tmp_path, autoliver_dirs, capsys):
+    import shutil
+
+    shutil.copytree(zoo, autoliver_dirs["results"] / "Dataset001_Tiny")
+    out = tmp_path / "m.zip"
+    assert main(["export", "-d", "1", "-c", "3d_fullres", "-f", "1", "-o", str(out)]) == 0
+    assert "predict -m" in capsys.readouterr().err
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as f:
+        f.writestr("../outside.txt", "x")
+        f.writestr("a/checkpoint_final.pt", "x")
+    src = tmp_path / "in"
+    src.mkdir()
+    small_scan(src / "x_0000.nii.gz")
+    with pytest.raises(UserError, match="refuses"):
+        predict(PredictRequest(input=src, output=tmp_path / "o", model_dir=evil))
+    assert not (tmp_path / "outside.txt").exists()
+    assert main(["export", "-d", "1", "-c", "3d_fullres", "-o", str(tmp_path / "m.tar")]) == 2
+
+
+def test_predict_cli_end_to_end(zoo, scans, tmp_path, autoliver_dirs):
+    import shutil
+
+    shutil.copytree(zoo, autoliver_dirs["results"] / "Dataset001_Tiny")
+    out = tmp_path / "cli"
+    assert main(["predict", "-i", str(scans), "-o", str(out), "-d", "Tiny", "-c", "3d_lowres", "--fast",
+                 "--no-progress", "--save-probabilities"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "a.npz", "b.nii.gz", "b.npz"]
+    assert main(["predict", "-i", str(scans), "-o", str(scans), "-d", "Tiny"]) == 2
+    assert main(["predict", "-i", str(scans), "-o", str(out), "-d", "Tiny", "-c", "3d_fullres",
+                 "--num-parts", "2", "--part-id", "2"]) == 2
+    assert main(["predict", "-i", str(scans), "-o", str(out), "-d", "Tiny", "--step-size", "0"]) == 2
+    assert main(["predict", "-i", str(scans), "-o", str(out), "-d", "Tiny", "-c", "3dfullres"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["predict", "-i", str(scans), "-o", str(out), "-d", "Tiny", "--device", "cuda"]) == 2
+
+
+def test_postprocessing_is_applied_at_prediction(zoo, scans, tmp_path):
+    """The chosen recipe runs at prediction: with keep_largest_liver at most one organ component
+    remains, and post-processing only removes voxels from the plain argmax."""
+    from scipy import ndimage
+
+    m_dir = tmp_path / "m"
+    import shutil
+
+    shutil.copytree(zoo, m_dir)
+    write_choice(m_dir, InferenceChoice(CHOICE_SCHEMA_VERSION, "Dataset001_Tiny", ("3d_fullres",), ("0",), "final",
+                                        Postprocessing(keep_largest_liver=True), {}))
+    out = tmp_path / "pp"
+    predict(PredictRequest(input=scans, output=out, model_dir=m_dir, tta=False))
+    raw = tmp_path / "raw"
+    predict(PredictRequest(input=scans, output=raw, model_dir=m_dir, tta=False, postprocessing="none"))
+    for case in ("a", "b"):
+        seg = read_image(out / f"{case}.nii.gz").array
+        assert ndimage.label(seg > 0, structure=np.ones((3, 3, 3)))[1] <= 1
+        plain = read_image(raw / f"{case}.nii.gz").array
+        assert np.all((seg > 0) <= (plain > 0))  # only removes
+        assert dataclasses.is_dataclass(Postprocessing())
+
+
+def test_onnx_export_matches_torch(zoo, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from autoliver.inference.export import export_onnx
+    from autoliver.training.checkpoint import load_trained_model
+
+    path = export_onnx(zoo, "3d_fullres", "0", tmp_path / "net.onnx")
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 64, 32)).astype(np.float32)  # not the patch size
+    y = ort.InferenceSession(str(path)).run(None, {"image": x})[0]
+    net, _, _ = load_trained_model(zoo / "3d_fullres" / "fold_0")
+    with torch.no_grad():
+        np.testing.assert_allclose(y, net(torch.from_numpy(x)).numpy(), atol=1e-4)

@@ -1,0 +1,171 @@
+"""The training loop end to end: `autoliver train`, kill + `--c`, checkpoints, validation, 2D, cascade."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from autoliver.cli import main
+from autoliver.planning.plan import write_plan
+from autoliver.training.checkpoint import load_trained_model
+from autoliver.training.recipes import get_recipe
+from autoliver.training.trainer import TrainingRun, train
+from test_training_data import DATASET, make_configuration, make_plan, write_phantoms
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def dataset(autoliver_dirs):
+    """A planned and preprocessed phantom dataset: 3d_fullres, 2d, 3d_lowres → 3d_cascade_fullres."""
+    pre = autoliver_dirs["preprocessed"] / DATASET
+    write_phantoms(pre / "data_3d", 5)
+    plan = make_plan(
+        # mixed_random pooling draws from torch's generator in every training forward pass
+        make_configuration("3d_fullres", (8, 16, 16), features=(4, 8, 16), downsampling="mixed_random"),
+        make_configuration("2d", (16, 16), batch_size=4),
+        make_configuration("3d_lowres", (8, 16, 16)),
+        make_configuration("3d_cascade_fullres", (8, 16, 16), in_channels=3, previous_stage="3d_lowres"),
+    )
+    write_plan(pre / "plans.json", plan)
+    return plan, pre, autoliver_dirs["results"] / DATASET
+
+
+def run(plan, pre, results, configuration, fold="0", epochs=2, iters=2, **kw):
+    return train(TrainingRun(plan, configuration, fold, get_recipe("default"), pre, results, device="cpu", epochs=epochs,
+                             iterations_per_epoch=iters, num_workers=0, **kw))
+
+
+def metrics(fold_dir):
+    return [json.loads(line) for line in (fold_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kill_and_continue_resumes_exactly(dataset):
+    plan, pre, results = dataset
+    epochs, iters = 8, 3
+    reference = run(plan, pre, results / "reference", "3d_fullres", epochs=epochs, iters=iters, validate=False)
+    expected = metrics(reference)
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "autoliver", "train", "3d_fullres", "0", "--epochs", str(epochs),
+           "--iters", str(iters), "--device", "cpu", "-np", "1", "--no-validation", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    fold = results / "3d_fullres" / "fold_0"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if (fold / "metrics.jsonl").is_file() and len((fold / "metrics.jsonl").read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the run and its augmentation worker
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (fold / "checkpoint_final.pt").exists(), "the run finished before it could be killed"
+    done = torch.load(fold / "checkpoint_latest.pt", weights_only=True)["epoch"]
+    assert 2 <= done < epochs
+
+    # --c without it refuses to clobber; with it, continues from the latest checkpoint's epoch
+    assert main(["train", "3d_fullres", "0", "--device", "cpu", "--epochs", str(epochs)]) == 2
+    assert main(["train", "3d_fullres", "0", "--device", "cpu", "--epochs", str(epochs),
+                 "--iters", str(iters), "-np", "0", "--c", "--no-validation"]) == 0
+    got = metrics(fold)
+    assert [r["epoch"] for r in got] == list(range(epochs))
+    assert [r["batch_digest"] for r in got] == [r["batch_digest"] for r in expected]
+    for a, b in zip(got, expected):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4, abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4, abs=1e-6)
+    final = torch.load(fold / "checkpoint_final.pt", weights_only=True)
+    ref_final = torch.load(reference / "checkpoint_final.pt", weights_only=True)
+    for k, v in ref_final["network"].items():
+        torch.testing.assert_close(final["network"][k], v, rtol=1e-3, atol=1e-5)
+
+
+def test_checkpoint_is_weights_only_self_describing_and_validation_is_written(dataset):
+    plan, pre, results = dataset
+    fold = run(plan, pre, results, "3d_fullres", epochs=2, iters=2)
+    assert {p.name for p in fold.iterdir()} >= {"checkpoint_final.pt", "checkpoint_best.pt", "checkpoint_latest.pt",
+                                              "metrics.jsonl", "progress.png", "validation"}
+    assert (fold.parent / "plans.json").is_file()
+    ckpt = torch.load(fold / "checkpoint_final.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["configuration"] == "3d_fullres" and ckpt["recipe"]["name"] == "default"
+    assert ckpt["plan"]["configurations"]["3d_fullres"]["patch_size"] == [8, 16, 16]
+    net, plan2, config = load_trained_model(fold)
+    assert plan2 == plan and config.name == "3d_fullres" and not net.training
+    assert net(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 3, 8, 16, 16)
+    assert [tuple(o.shape[2:]) for o in net.train()(torch.zeros(1, 1, 8, 16, 16))] == [(8, 16, 16), (4, 8, 8)]
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    assert summary["cases"] == 1 and len(summary["per_case"]) == 1
+    liver = summary["per_case"][0]["dice_region"]["liver"]
+    assert 0.0 <= liver <= 1.0 and summary["mean"]["liver"]["dice_region"] == liver
+    rows = metrics(fold)
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["learning_rate"] < rows[0]["learning_rate"]
+    assert set(rows[0]["pseudo_dice"]) == {"liver", "tumour"}
+
+
+def test_2d_configuration_trains_and_validates_over_slices(dataset):
+    plan, pre, results = dataset
+    fold = run(plan, pre, results, "2d", fold="1", epochs=1, iters=2)
+    net, _, config = load_trained_model(fold, which="best")
+    assert config.network.dims == 2 and net(torch.zeros(3, 1, 16, 16)).shape == (3, 3, 16, 16)
+    assert json.loads((fold / "validation" / "summary.json").read_text())["cases"] == 1
+
+
+def test_cascade_uses_the_previous_stage_predictions(dataset):
+    plan, pre, results = dataset
+    with pytest.raises(Exception, match="previous stage"):
+        run(plan, pre, results, "3d_cascade_fullres", epochs=1, iters=1)
+    run(plan, pre, results, "3d_lowres", fold="all", epochs=1, iters=2)
+    predicted = sorted(p.name for p in (results / "3d_lowres" / "predicted_next_stage" / "3d_cascade_fullres").iterdir())
+    assert predicted == [f"case_{i:03d}.b2nd" for i in range(5)]
+    fold = run(plan, pre, results, "3d_cascade_fullres", epochs=1, iters=2)
+    net, _, config = load_trained_model(fold)
+    assert config.network.in_channels == 3 and net.encoder.stages[0][0][0].in_channels == 3
+    assert json.loads((fold / "validation" / "summary.json").read_text())["cases"] == 1
+
+
+def test_cli_errors_are_one_clear_line(dataset, autoliver_dirs, capsys):
+    assert main(["train", "3d_fulres", "0"]) == 2
+    assert "Did you mean '3d_fullres'" in capsys.readouterr().err
+    assert main(["train", "3d_fullres", "9", "--epochs", "1", "--iters", "1"]) == 2
+    assert "FOLD must be 0 … 4 or 'all'" in capsys.readouterr().err
+    assert main(["train", "3d_fullres", "0", "--recipe", "adma"]) == 2
+    assert "Did you mean 'adam'" in capsys.readouterr().err
+    (dataset[1] / "plans.json").unlink()
+    assert main(["train", "3d_fullres", "0"]) == 2
+    assert "not planned" in capsys.readouterr().err
+    other = autoliver_dirs["preprocessed"] / "Dataset002_Empty"
+    write_plan(other / "plans.json", make_plan(make_configuration("3d_fullres", (8, 16, 16))))
+    assert main(["train", "3d_fullres", "0", "-d", "2"]) == 2
+    assert "not preprocessed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_data_parallel_with_torchrun_on_cpu(dataset):
+    """Two gloo processes: the same command plus --num-gpus 2 (and --device cpu)."""
+    plan, pre, results = dataset
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "autoliver", "train", "3d_fullres", "0", "--epochs", "2",
+           "--iters", "2", "--device", "cpu", "-np", "0", "--num-gpus", "2", "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fold = results / "3d_fullres" / "fold_0"
+    ckpt = torch.load(fold / "checkpoint_final.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 2
+    assert len(metrics(fold)) == 2 and (fold / "validation" / "summary.json").is_file()
