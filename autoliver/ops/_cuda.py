@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 from autoliver.resources import resource_dir
@@ -64,6 +65,22 @@ def load_cuda(name: str) -> ctypes.CDLL:
             raise RuntimeError(f"autoliver: building {src} failed:\n{result.stderr[-4000:]}")
         os.replace(tmp, lib)
     return ctypes.CDLL(str(lib))
+
+
+_UNAVAILABLE: set[str] = set()
+
+
+def try_load_cuda(name: str, fallback: str) -> ctypes.CDLL | None:
+    """``load_cuda(name)``, or None after one warning that says what runs instead (``fallback``);
+    a kernel that failed to build is not rebuilt on every call."""
+    if name in _UNAVAILABLE:
+        return None
+    try:
+        return load_cuda(name)
+    except (RuntimeError, OSError) as e:
+        _UNAVAILABLE.add(name)
+        warnings.warn(f"autoliver: CUDA {name} kernel unavailable ({e}); {fallback}", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def current_stream_ptr(device) -> ctypes.c_void_p:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import math
 import numbers
-import warnings
 
 import numpy as np
 
@@ -182,7 +181,6 @@ def bilateral_reference(volume, spacing_zyx_mm, domain_sigma_mm, range_sigma, *,
 # --------------------------------------------------------------------------------------------
 # torch: CPU tensors through NumPy, CUDA tensors through csrc/cuda/bilateral.cu
 
-_CUDA_WARNED = False
 
 
 def _bilateral_torch(volume, spacing_zyx_mm, domain_sigma_mm, range_sigma):
@@ -226,16 +224,10 @@ def _bilateral_torch(volume, spacing_zyx_mm, domain_sigma_mm, range_sigma):
 
 
 def _load_cuda():
-    global _CUDA_WARNED
-    try:
-        from autoliver.ops._cuda import load_cuda
+    from autoliver.ops._cuda import try_load_cuda
 
-        lib = load_cuda("bilateral")
-    except (RuntimeError, OSError) as e:
-        if not _CUDA_WARNED:
-            _CUDA_WARNED = True
-            warnings.warn(f"autoliver: CUDA bilateral kernel unavailable ({e}); filtering on the CPU instead",
-                          RuntimeWarning, stacklevel=3)
+    lib = try_load_cuda("bilateral", "filtering on the CPU instead")
+    if lib is None:
         return None
     for name in ("autoliver_bilateral3d_i16", "autoliver_bilateral3d_f32"):
         getattr(lib, name).restype = ctypes.c_int

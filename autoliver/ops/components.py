@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import math
 import numbers
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -316,7 +315,6 @@ def component_stats_reference(labels, spacing_zyx_mm) -> ComponentStats:
 # torch: CPU tensors through NumPy, CUDA tensors through csrc/cuda/components.cu
 
 _TORCH_KERNEL_DTYPES = {"bool": "u8", "uint8": "u8", "int8": "i8", "int16": "i16", "int32": "i32", "int64": "i64"}
-_CUDA_WARNED = False
 
 
 def _torch_check(where: str, t):
@@ -335,16 +333,10 @@ def _torch_check(where: str, t):
 
 
 def _load_cuda():
-    global _CUDA_WARNED
-    try:
-        from autoliver.ops._cuda import load_cuda
+    from autoliver.ops._cuda import try_load_cuda
 
-        lib = load_cuda("components")
-    except (RuntimeError, OSError) as e:
-        if not _CUDA_WARNED:
-            _CUDA_WARNED = True
-            warnings.warn(f"autoliver: CUDA components kernel unavailable ({e}); labelling on the CPU instead",
-                          RuntimeWarning, stacklevel=3)
+    lib = try_load_cuda("components", "labelling on the CPU instead")
+    if lib is None:
         return None
     lib.autoliver_cc_workspace_bytes.restype = ctypes.c_size_t
     lib.autoliver_cc_workspace_bytes.argtypes = [ctypes.c_longlong]

@@ -47,7 +47,6 @@ float64) for tiny volumes; the tests bound the fast version's distance from it.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -516,7 +515,7 @@ def _dense_crf_cuda(probabilities, image, spacing_zyx_mm, params: CRFParams):
 
     import torch
 
-    from autoliver.ops._cuda import current_stream_ptr, load_cuda
+    from autoliver.ops._cuda import current_stream_ptr, try_load_cuda
 
     if not isinstance(image, torch.Tensor):
         image = torch.as_tensor(np.asarray(image))
@@ -541,7 +540,7 @@ def _dense_crf_cuda(probabilities, image, spacing_zyx_mm, params: CRFParams):
         lo, hi = float(img.min()), float(img.max())
     img01 = ((img - lo) / (hi - lo)).float().contiguous() if hi > lo else torch.zeros_like(img, dtype=torch.float32)
     geom = _geometry(tuple(p.shape[1:]), spacing, params)
-    lib = _load_cuda(load_cuda)
+    lib = try_load_cuda("crf", "running the CRF on the CPU instead")
     if lib is None:
         out = _dense_crf_cpu(p.cpu().numpy(), image.detach().cpu().numpy(), spacing, params)
         return torch.from_numpy(out).to(dev)
@@ -570,24 +569,6 @@ def _dense_crf_cuda(probabilities, image, spacing_zyx_mm, params: CRFParams):
     if err != 0:
         raise RuntimeError(f"dense_crf: the CUDA kernel failed with CUDA error {err}")
     return out
-
-
-_CUDA_WARNED = False
-
-
-def _load_cuda(load_cuda):
-    """The CUDA library, or None (after one warning) when it cannot be built here, e.g. no nvcc."""
-    global _CUDA_WARNED
-    if _CUDA_WARNED:  # failed before: do not rebuild on every call
-        return None
-    try:
-        return load_cuda("crf")
-    except (RuntimeError, OSError) as e:
-        if not _CUDA_WARNED:
-            _CUDA_WARNED = True
-            warnings.warn(f"autoliver: CUDA crf kernel unavailable ({e}); running the CRF on the CPU instead",
-                          RuntimeWarning, stacklevel=4)
-        return None
 
 
 __all__ = ["CRFParams", "dense_crf", "dense_crf_reference", "mean_field_energy"]

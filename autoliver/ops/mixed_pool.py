@@ -24,7 +24,6 @@ No padding, no ceil mode: the windows a U-Net's downsampling uses ((2, 2, 2), (1
 from __future__ import annotations
 
 import ctypes
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -188,24 +187,10 @@ def _backward(grad_out, argmax, alpha, in_shape, kernel, stride, diff):
 # --------------------------------------------------------------------------- CUDA
 
 
-_CUDA_WARNED = False
-
-
 def _cuda_lib():
-    """The CUDA library, or None (after one warning) when it cannot be built here, e.g. no nvcc."""
-    global _CUDA_WARNED
-    from autoliver.ops._cuda import load_cuda
+    from autoliver.ops._cuda import try_load_cuda
 
-    if _CUDA_WARNED:  # failed before: do not rebuild on every call
-        return None
-    try:
-        return load_cuda("mixed_pool")
-    except (RuntimeError, OSError) as e:
-        if not _CUDA_WARNED:
-            _CUDA_WARNED = True
-            warnings.warn(f"autoliver: CUDA mixed_pool kernel unavailable ({e}); using max_pool + avg_pool instead",
-                          RuntimeWarning, stacklevel=4)
-        return None
+    return try_load_cuda("mixed_pool", "using max_pool + avg_pool instead")
 
 
 def _cuda_args(shape_planes, alpha, kernel, stride):
