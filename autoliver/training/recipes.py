@@ -73,7 +73,8 @@ RECIPES: dict[str, Recipe] = {}
 
 
 def register(recipe: Recipe) -> Recipe:
-    check_recipe(recipe)
+    # Checked when used (get_recipe), not here: the loss check imports torch, and registering runs
+    # on every `autoliver --help`.
     RECIPES[recipe.name] = recipe
     return recipe
 
@@ -92,7 +93,9 @@ def check_recipe(r: Recipe) -> None:
 
 
 def get_recipe(name: str) -> Recipe:
-    return RECIPES[choose("--recipe", name, RECIPES)]
+    recipe = RECIPES[choose("--recipe", name, RECIPES)]
+    check_recipe(recipe)
+    return recipe
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
