@@ -46,7 +46,7 @@ class Threshold(torch.nn.Module):
         return torch.cat([torch.zeros_like(liver), liver, torch.full_like(liver, -50.0)], 1)
 
 
-def threshold_model(spacing, patch=(16, 32, 32)) -> Model:
+def threshold_model(spacing, patch=(16, 128, 128)) -> Model:
     config = tiny_configuration(spacing=spacing, patch=patch)
     return Model([StageModel(tiny_plan([config]), config, [Threshold()], ["0"])])
 

@@ -140,6 +140,17 @@ def test_cascade_uses_the_previous_stage_predictions(dataset):
     assert json.loads((fold / "validation" / "summary.json").read_text())["cases"] == 1
 
 
+def test_convlstm_configuration_trains_on_the_phases(autoliver_dirs):
+    pre = autoliver_dirs["preprocessed"] / DATASET
+    write_phantoms(pre / "data_dce", 3, channels=3)  # three DCE phases
+    plan = make_plan(make_configuration("3d_convlstm", (8, 16, 16), arch="convlstm_unet", in_channels=3, phases=3,
+                                        data_identifier="data_dce"), num_phases=3)
+    fold = run(plan, pre, autoliver_dirs["results"] / DATASET, "3d_convlstm", epochs=1, iters=2)
+    net, _, config = load_trained_model(fold)
+    assert config.phases == 3 and net(torch.zeros(1, 3, 8, 16, 16)).shape == (1, 3, 8, 16, 16)
+    assert json.loads((fold / "validation" / "summary.json").read_text())["cases"] == 1
+
+
 def test_cli_errors_are_one_clear_line(dataset, autoliver_dirs, capsys):
     assert main(["train", "3d_fulres", "0"]) == 2
     assert "Did you mean '3d_fullres'" in capsys.readouterr().err
