@@ -156,6 +156,10 @@ def test_run_survives_a_killed_worker_and_resumes_after_sigkill(autoliver_dirs):
         # 1. The system kills a worker (as the out-of-memory killer would): the run goes on.
         _wait_for(lambda: storage.list_cases(folder), proc)
         os.kill(_workers_of(proc.pid)[0], signal.SIGKILL)
+        # The other worker may still finish the case it holds, so wait until the run has noticed
+        # the death (it then goes on one case at a time) before counting.
+        log = folder / LOG_NAME
+        _wait_for(lambda: "a worker process died" in log.read_text(), proc)
         first = len(storage.list_cases(folder))
         # 2. Then the whole run is killed with SIGKILL in the middle.
         _wait_for(lambda: len(storage.list_cases(folder)) > first, proc)
