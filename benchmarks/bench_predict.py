@@ -177,7 +177,8 @@ def _predict(args: list[str]) -> dict:
         raise RuntimeError(f"predict failed:\n{r['stderr'][-3000:]}")
     fields = dict(kv.split("=") for kv in line.split()[1:])
     return {"seconds": float(fields["seconds"]), "cpu_seconds": float(fields["cpu_seconds"]),
-            "peak_gib": int(fields["peak_bytes"]) / 2 ** 30, "tree_peak_gib": r["tree_peak_gib"]}
+            "peak_gib": int(fields["peak_bytes"]) / 2 ** 30, "tree_peak_gib": r["tree_peak_gib"],
+            "process_wall": r["wall"]}
 
 
 def _run_mode(benchmark, workspace, extra: list[str], tag: str):
@@ -193,8 +194,8 @@ def _run_mode(benchmark, workspace, extra: list[str], tag: str):
     r = results[-1]
     benchmark.extra_info.update({"peak_rss_gib": round(r["peak_gib"], 2), "seconds_in_process": round(r["seconds"], 1),
                                  "cpu_seconds": round(r["cpu_seconds"], 1), "tree_peak_rss_gib": round(r["tree_peak_gib"], 2)})
-    print(f"\n{tag}: {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU, peak RSS {r['peak_gib']:.2f} GiB "
-          f"({THREADS} threads)")
+    print(f"\n{tag}: {r['seconds']:.1f} s wall ({r['process_wall']:.1f} s with interpreter start and imports), "
+          f"{r['cpu_seconds']:.1f} s CPU, peak RSS {r['peak_gib']:.2f} GiB ({THREADS} threads)")
     assert (out / "ct200.nii.gz").is_file()
     return r
 
@@ -221,7 +222,8 @@ def test_predict_512x512x200_normal(benchmark, workspace):
 
 def test_peak_memory_512x512x1000(benchmark, workspace):
     """A 1000-slice CT must predict within 8 GB of resident memory: full-resolution grid, one fold,
-    no TTA (the network is the slim one: memory is the volumes')."""
+    no TTA, step 1 (the network is the slim one and the tiles do not overlap: memory is the
+    volumes', and neither changes it)."""
     scans = workspace["root"] / "scans_1000"
     scans.mkdir(exist_ok=True)
     _write_scan(scans / "ct1000_0000.nii.gz", (1000, 512, 512))
@@ -229,7 +231,8 @@ def test_peak_memory_512x512x1000(benchmark, workspace):
     results = []
     benchmark.pedantic(lambda: results.append(_predict(["-i", str(scans), "-o", str(out), "-m",
                                                         str(workspace["root"] / "model_slim"), "-c", "3d_fullres",
-                                                        "-f", "0", "--disable-tta"])), rounds=1, iterations=1)
+                                                        "-f", "0", "--disable-tta", "--step-size", "1"])),
+                       rounds=1, iterations=1)
     r = results[-1]
     benchmark.extra_info.update({"peak_rss_gib": round(r["peak_gib"], 2), "cpu_seconds": round(r["cpu_seconds"], 1)})
     print(f"\n512x512x1000: {r['seconds']:.1f} s wall, {r['cpu_seconds']:.1f} s CPU, peak RSS {r['peak_gib']:.2f} GiB")

@@ -164,3 +164,13 @@ def test_component_fallback_agrees_with_scipy(rng):
     sizes = np.bincount(ref.ravel())
     sizes[0] = 0
     np.testing.assert_array_equal(comps.largest_component(mask), ref == np.argmax(sizes))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_argmax_labels_equals_numpy_including_ties(dtype, rng):
+    p = rng.random((4, 37, 11, 13)).astype(dtype)
+    p[:, :5] = 0.25  # all equal: the first class wins, as in np.argmax
+    p[1:3, 5:9] = 0.9  # a tie between classes 1 and 2
+    out = steps.argmax_labels(p, slab=7)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.argmax(p, axis=0))

@@ -29,7 +29,7 @@ from autoliver.errors import UserError
 from autoliver.evaluation.metrics import dice
 from autoliver.inference.model import CHOICE_SCHEMA_VERSION, FOLD_RE, InferenceChoice, write_choice
 from autoliver.postprocessing import NONE, Postprocessing, labels_from_probabilities, postprocess_labels
-from autoliver.postprocessing.steps import liver_and_tumour_labels
+from autoliver.postprocessing.steps import argmax_labels, liver_and_tumour_labels
 
 MIN_LESION_ML_CHOICES = (0.05, 0.2, 0.5)
 TOLERANCE = 1e-4  # a Dice change below this is noise, not an improvement
@@ -102,7 +102,7 @@ class CrossValidation:
             with np.load(self.folders[config][case] / f"{case}.npz") as z:
                 p = z["probabilities"].astype(np.float32)
             mean = p if mean is None else mean + (p - mean) / (i + 1)
-        return np.argmax(mean, axis=0).astype(np.uint8), mean
+        return argmax_labels(mean), mean
 
 
 def collect_cross_validation(model_dir: Path, labels_dir: Path, label_ending: str, labels: dict[str, int],

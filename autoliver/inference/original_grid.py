@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoliver.postprocessing.steps import argmax_labels
 from autoliver.preprocessing import resampling
 from autoliver.preprocessing.pipeline import _orders_from
 
@@ -66,6 +67,15 @@ def _in_plane(x: torch.Tensor, size: tuple[int, int], orders: tuple[int, int]) -
     return torch.matmul(torch.matmul(my, x), mx.T)
 
 
+def _crop_rows(m: _Mapping, r0: int, r1: int) -> torch.Tensor:
+    """Probabilities of rows [r0, r1) of the cropped grid, float32 (K, r1 - r0, crop y, crop x)."""
+    i0, i1 = int(m.first[r0:r1].min()), int(m.last[r0:r1].max()) + 1
+    block = m.probabilities[:, i0:i1].float()
+    w = torch.from_numpy(m.mz[r0:r1, i0:i1])
+    rows = torch.einsum("rn,knyx->kryx", w, block)
+    return _in_plane(rows, m.crop_shape[1:], m.orders[1:])
+
+
 def _stage_rows(m: _Mapping, z0: int, z1: int) -> torch.Tensor:
     """Probabilities of original-grid slices [z0, z1), float32 (K, z1 - z0, Y, X)."""
     k = m.probabilities.shape[0]
@@ -73,15 +83,8 @@ def _stage_rows(m: _Mapping, z0: int, z1: int) -> torch.Tensor:
     out[0] = 1.0  # background outside the crop box
     (bz0, bz1), (by0, by1), (bx0, bx1) = m.box
     a, b = max(z0, bz0), min(z1, bz1)
-    if a >= b:
-        return out
-    r0, r1 = a - bz0, b - bz0  # rows of the cropped grid
-    i0, i1 = int(m.first[r0:r1].min()), int(m.last[r0:r1].max()) + 1
-    block = m.probabilities[:, i0:i1].float()
-    w = torch.from_numpy(m.mz[r0:r1, i0:i1])
-    rows = torch.einsum("rn,knyx->kryx", w, block)
-    rows = _in_plane(rows, m.crop_shape[1:], m.orders[1:])
-    out[:, a - z0:b - z0, by0:by1, bx0:bx1] = rows
+    if a < b:
+        out[:, a - z0:b - z0, by0:by1, bx0:bx1] = _crop_rows(m, a - bz0, b - bz0)
     return out
 
 
@@ -113,10 +116,19 @@ def mean_slabs(stages: list[tuple[object, dict, object]]) -> Iterator[tuple[int,
 
 def labels_on_original_grid(stages: list[tuple[object, dict, object]]) -> np.ndarray:
     """Argmax of the (mean) probabilities on the original grid, uint8 (z, y, x)."""
+    if len(stages) == 1:  # one configuration: outside its crop box everything is background
+        m = _mapping(*stages[0])
+        out = np.zeros(m.full_shape, dtype=np.uint8)
+        (bz0, bz1), (by0, by1), (bx0, bx1) = m.box
+        step = _slab_rows(m.crop_shape, m.probabilities.shape[0])
+        for r0 in range(0, bz1 - bz0, step):
+            r1 = min(bz1 - bz0, r0 + step)
+            out[bz0 + r0:bz0 + r1, by0:by1, bx0:bx1] = argmax_labels(_crop_rows(m, r0, r1))
+        return out
     full = _mapping(*stages[0]).full_shape
     out = np.empty(full, dtype=np.uint8)
     for z0, z1, p in mean_slabs(stages):
-        out[z0:z1] = torch.argmax(p, dim=0).to(torch.uint8).numpy()
+        out[z0:z1] = argmax_labels(p)
     return out
 
 

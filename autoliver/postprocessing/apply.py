@@ -58,7 +58,7 @@ def labels_from_probabilities(probabilities: np.ndarray, recipe: Postprocessing,
         p = steps.dense_crf(p, image, spacing_zyx_mm, crf_params)
     if recipe.otsu:
         return steps.labels_by_otsu(p, liver, tumour)
-    return np.argmax(p, axis=0).astype(np.uint8)
+    return steps.argmax_labels(p)
 
 
 def postprocess_labels(seg: np.ndarray, spacing_zyx_mm, recipe: Postprocessing, labels: dict[str, int]) -> np.ndarray:

@@ -35,6 +35,25 @@ def liver_and_tumour_labels(labels: dict[str, int]) -> tuple[int, int | None]:
     return int(liver), (None if tumour is None else int(tumour))
 
 
+def argmax_labels(probabilities, slab: int = 16) -> np.ndarray:
+    """uint8 index of the largest channel of (K, z, y, x) probabilities (the first on ties, as
+    np.argmax), a few slices at a time in float32: several times faster than np.argmax / torch.argmax
+    over the leading axis of a large float16 volume, and without a full int64 result."""
+    import torch
+
+    t = probabilities if isinstance(probabilities, torch.Tensor) else torch.from_numpy(np.asarray(probabilities))
+    out = torch.empty(t.shape[1:], dtype=torch.uint8)
+    for a in range(0, t.shape[1], slab):
+        p = t[:, a:a + slab].float()
+        best = p[0].clone()
+        idx = out[a:a + slab]
+        idx.zero_()
+        for k in range(1, p.shape[0]):
+            idx.masked_fill_(p[k] > best, k)
+            torch.maximum(best, p[k], out=best)
+    return out.numpy()
+
+
 def _organ(seg: np.ndarray, liver: int, tumour: int | None) -> np.ndarray:
     return (seg == liver) | (seg == tumour) if tumour is not None else seg == liver
 
@@ -153,7 +172,7 @@ def labels_by_otsu(probabilities: np.ndarray, liver: int = 1, tumour: int | None
     organ_p = 1.0 - p[0].astype(np.float32)
     t1 = float(np.clip(otsu_threshold(organ_p), *OTSU_CLAMP))
     organ = organ_p > t1
-    fg = np.argmax(p[1:], axis=0).astype(np.uint8) + 1
+    fg = argmax_labels(p[1:]) + 1
     seg = np.where(organ, fg, 0).astype(np.uint8)
     if tumour is not None and organ.any():
         frac = p[tumour][organ].astype(np.float32) / np.maximum(organ_p[organ], 1e-6)
