@@ -8,8 +8,8 @@ Everything lives in one work folder (``--workdir``, default ``./autoliver_demo``
 step skips work already done, so an interrupted demo resumes; ``--overwrite`` starts over.
 
 The held-out phantoms are a second synthetic dataset drawn with another seed: the network never
-saw them. Training runs one calibration epoch, measures the seconds per iteration on this machine,
-then trains as many epochs as fit ``--train-minutes`` (the learning-rate schedule spans them all).
+saw them. Training times its first epoch on this machine, then trains as many epochs as fit
+``--train-minutes`` (``autoliver train --minutes``; the learning-rate schedule spans them all).
 """
 from __future__ import annotations
 
@@ -115,14 +115,6 @@ def choose_configuration(plan, wanted: str) -> str:
     return max(candidates, key=lambda c: (round(field_of_view(plan.configurations[c]), 3), c == "3d_fullres"))
 
 
-def _seconds_per_iteration(fold_dir: Path) -> float:
-    """Wall seconds per training iteration of the last epoch, with its pseudo-Dice validation and
-    checkpointing spread over the iterations (that is what an epoch costs)."""
-    rows = [json.loads(line) for line in (fold_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    last = rows[-1]
-    return max(1e-3, float(last["epoch_seconds"]) / max(1, round(last["train_seconds"] / last["seconds_per_iteration"])))
-
-
 def _train(s: DemoSettings, plan, configuration: str, preprocessed: Path, results: Path, say) -> Path:
     from autoliver.training.checkpoint import checkpoint_path
     from autoliver.training.recipes import get_recipe
@@ -137,18 +129,9 @@ def _train(s: DemoSettings, plan, configuration: str, preprocessed: Path, result
     base = TrainingRun(plan=plan, configuration=configuration, fold="all", recipe=recipe,
                        preprocessed_dir=preprocessed / plan.dataset_name, results_dir=results,
                        iterations_per_epoch=s.iterations_per_epoch, validate=False, device=None)
-    if s.epochs is not None:
-        train(dataclasses.replace(base, epochs=s.epochs, resume=checkpoint_path(fold_dir, "latest").is_file()))
-        return fold_dir
-    # One calibration epoch measures this machine, then the budget decides the number of epochs.
-    if not checkpoint_path(fold_dir, "latest").is_file():
-        train(dataclasses.replace(base, epochs=1))
-        checkpoint_path(fold_dir, "final").unlink(missing_ok=True)  # not final: training goes on
-    per_iteration = _seconds_per_iteration(fold_dir)
-    epochs = max(2, math.floor(s.train_minutes * 60 / (per_iteration * s.iterations_per_epoch)))
-    say(f"[demo] {per_iteration:.2f} s per iteration here → {epochs} epochs × {s.iterations_per_epoch} iterations "
-        f"fit {s.train_minutes:g} min")
-    train(dataclasses.replace(base, epochs=epochs, resume=True))
+    # A time budget: the first epoch is timed, then as many epochs as fit (the schedule spans them).
+    budget = {"epochs": s.epochs} if s.epochs is not None else {"minutes": s.train_minutes}
+    train(dataclasses.replace(base, resume=checkpoint_path(fold_dir, "latest").is_file(), **budget))
     return fold_dir
 
 

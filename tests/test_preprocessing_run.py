@@ -233,3 +233,28 @@ def test_plan_and_preprocess_runs_every_stage(autoliver_dirs, capsys):
     for cfg in plan.configurations.values():
         assert storage.list_cases(autoliver_dirs["preprocessed"] / NAME / cfg.data_identifier) == \
             ["case_000", "case_001"]
+
+
+def test_more_cases_than_a_pool_round_all_complete(autoliver_dirs, monkeypatch):
+    """Pools are renewed every workers × MAX_CASES_PER_WORKER cases; with CPython's own
+    max_tasks_per_child and a backlog of cases the pool stopped replacing its workers and hung."""
+    from autoliver.preprocessing import run as prun
+
+    monkeypatch.setattr(prun, "MAX_CASES_PER_WORKER", 2)
+    info = write_dataset(autoliver_dirs["raw"], 9, shape=(12, 32, 32))
+    plan = make_plan(configuration("3d_fullres", spacing=(2.0, 1.0, 1.0)))
+    result = {}
+
+    def work():
+        result["summaries"] = preprocess_dataset(info, plan, autoliver_dirs["preprocessed"], num_processes=2)
+
+    import threading
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "preprocessing hung"
+    (summary,) = result["summaries"]
+    assert not summary.failed
+    folder = autoliver_dirs["preprocessed"] / NAME / plan.configurations["3d_fullres"].data_identifier
+    assert storage.list_cases(folder) == [f"case_{i:03d}" for i in range(9)]

@@ -97,6 +97,35 @@ def test_kill_and_continue_resumes_exactly(dataset):
         torch.testing.assert_close(final["network"][k], v, rtol=1e-3, atol=1e-5)
 
 
+def test_a_time_budget_fixes_the_epochs_after_the_first_and_trains_like_a_run_of_that_length(dataset, monkeypatch):
+    from autoliver.training import trainer
+
+    plan, pre, results = dataset
+    reference = metrics(run(plan, pre, results / "reference", "3d_fullres", epochs=3, iters=2, validate=False))
+    timed = []
+    monkeypatch.setattr(trainer, "epochs_for_budget", lambda minutes, seconds: timed.append((minutes, seconds)) or 3)
+    budgeted = run(plan, pre, results / "budget", "3d_fullres", epochs=None, iters=2, minutes=0.5, validate=False)
+    assert len(timed) == 1 and timed[0][0] == 0.5 and timed[0][1] > 0
+    rows = metrics(budgeted)
+    # epoch 0's learning rate does not depend on the length; later ones follow the fixed schedule
+    assert [r["learning_rate"] for r in rows] == [r["learning_rate"] for r in reference]
+    assert [r["batch_digest"] for r in rows] == [r["batch_digest"] for r in reference]
+    assert [r["train_loss"] for r in rows] == pytest.approx([r["train_loss"] for r in reference], rel=1e-5)
+    assert torch.load(budgeted / "checkpoint_final.pt", weights_only=True)["epochs"] == 3
+
+
+def test_epochs_for_budget_and_bad_budgets(dataset):
+    from autoliver.errors import UserError
+    from autoliver.training.trainer import epochs_for_budget
+
+    assert epochs_for_budget(20, 30.0) == 40
+    assert epochs_for_budget(1, 61.0) == 1  # never zero: the first epoch has been trained already
+    plan, pre, results = dataset
+    for epochs, minutes in ((2, 1.0), (None, 0.0), (None, -3.0)):
+        with pytest.raises(UserError, match="--minutes"):
+            run(plan, pre, results, "3d_fullres", epochs=epochs, minutes=minutes, validate=False)
+
+
 def test_checkpoint_is_weights_only_self_describing_and_validation_is_written(dataset):
     plan, pre, results = dataset
     fold = run(plan, pre, results, "3d_fullres", epochs=2, iters=2)

@@ -327,26 +327,35 @@ def _plan_workers(tasks: list[_Task], info: DatasetInfo, plan: Plan,
 
 
 def _run_in_pool(tasks: list[_Task], workers: int, on_done) -> list[_Task]:
-    """Run tasks in a spawn pool; returns the tasks left unfinished if the pool broke."""
+    """Run tasks in spawn pools; returns the tasks left unfinished if a pool broke.
+
+    A fresh pool every ``workers × MAX_CASES_PER_WORKER`` cases returns the memory long-lived
+    workers keep. Not ``max_tasks_per_child``: with a backlog of queued cases, CPython 3.11–3.14
+    stops replacing retired workers and the pool hangs for good (CPython issue 115634).
+    """
     ctx = multiprocessing.get_context("spawn")
     finished: set[tuple[str, str]] = set()
-    # Python >= 3.11: replace each worker after a few cases (3.10 keeps them; still correct).
-    renew = {"max_tasks_per_child": MAX_CASES_PER_WORKER} if sys.version_info >= (3, 11) else {}
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(tasks[0].threads,), **renew)
-    try:
-        futures = {ex.submit(_run_task, t): t for t in tasks}
-        for fut in as_completed(futures):
-            try:
-                outcome = fut.result()
-            except BrokenProcessPool:
-                break
-            finished.add((outcome.folder, outcome.case))
-            on_done(outcome)
-    except BaseException:
-        ex.shutdown(wait=False, cancel_futures=True)
-        raise
-    ex.shutdown(wait=True, cancel_futures=True)
+    round_size = workers * MAX_CASES_PER_WORKER
+    for first in range(0, len(tasks), round_size):
+        ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(tasks[0].threads,))
+        broken = False
+        try:
+            futures = {ex.submit(_run_task, t): t for t in tasks[first:first + round_size]}
+            for fut in as_completed(futures):
+                try:
+                    outcome = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    break
+                finished.add((outcome.folder, outcome.case))
+                on_done(outcome)
+        except BaseException:
+            ex.shutdown(wait=False, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True, cancel_futures=True)
+        if broken:
+            break
     return [t for t in tasks if (t.folder, t.case) not in finished]
 
 

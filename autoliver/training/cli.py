@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     p = add_command(
         subparsers, "train", help="train one configuration on one fold (resumable with --c)",
         example="autoliver train 3d_fullres 0 -d LiTS\n  autoliver train 3d_fullres 0 --epochs 50 --iters 50 --device cpu"
+                "\n  autoliver train 3d_fullres 0 --minutes 20 --iters 50   # as many epochs as fit 20 minutes"
                 "\n  autoliver train 3d_fullres 0 --c            # continue after an interruption",
         description="Train one configuration of the dataset's plan on one fold (0-4, or 'all' for every case). "
                     "Results go to {results}/{dataset}/{configuration}/fold_{FOLD} (non-default recipes: "
@@ -30,6 +31,10 @@ def register(subparsers) -> None:
                         "native bf16 (AVX512-BF16/AMX) is about twice as fast but not bitwise repeatable")
     p.add_argument("--epochs", type=int, default=None, help="number of epochs (default: the recipe's)")
     p.add_argument("--iters", type=int, default=None, help="iterations per epoch (default: the recipe's)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="train for about this long instead of a number of epochs: the first epoch is timed, then "
+                        "the epochs that fit are fixed and the learning-rate schedule spans them (the full-case "
+                        "validation at the end comes on top)")
     p.add_argument("--c", dest="resume", action="store_true",
                    help="continue from checkpoint_latest.pt exactly (network, optimizer, RNG states, epoch)")
     p.add_argument("--num-gpus", type=int, default=1,
@@ -50,7 +55,8 @@ def register(subparsers) -> None:
 def _relaunch_argv(args) -> list[str]:
     argv = ["train", args.configuration, str(args.fold), "--recipe", args.recipe]
     for flag, value in (("-d", args.dataset), ("--preprocessed-dir", args.preprocessed_dir),
-                        ("--results-dir", args.results_dir), ("--device", args.device), ("--precision", args.precision), ("--epochs", args.epochs),
+                        ("--results-dir", args.results_dir), ("--device", args.device), ("--precision", args.precision),
+                        ("--epochs", args.epochs), ("--minutes", args.minutes),
                         ("--iters", args.iters), ("-np", args.num_processes)):
         if value is not None:
             argv += [flag, str(value)]
@@ -93,7 +99,7 @@ def run_train(args) -> int:
 
     train(TrainingRun(plan=plan, configuration=config.name, fold=str(args.fold), recipe=recipe,
                       preprocessed_dir=preprocessed / dataset, results_dir=results / dataset, device=args.device,
-                      epochs=args.epochs, iterations_per_epoch=args.iters, resume=args.resume,
+                      epochs=args.epochs, minutes=args.minutes, iterations_per_epoch=args.iters, resume=args.resume,
                       num_workers=args.num_processes, validate=args.validate, validation_only=args.validation_only,
                       save_probabilities=args.save_probabilities, precision=args.precision))
     return 0

@@ -76,6 +76,17 @@ def all_sum(ctx: Context, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_min(ctx: Context, tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise minimum over all processes (what every rank can agree to)."""
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        t = tensor.to(ctx.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.to(tensor.device)
+    return tensor
+
+
 def gather_objects(ctx: Context, obj) -> list:
     if not ctx.distributed:
         return [obj]

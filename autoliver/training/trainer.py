@@ -65,6 +65,7 @@ class TrainingRun:
     validation_only: bool = False
     save_probabilities: bool = False
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (see autocast_dtype)
+    minutes: float | None = None  # time budget instead of a number of epochs (see epochs_for_budget)
 
 
 def model_folder(results_dir: Path, configuration: str, recipe_name: str) -> Path:
@@ -123,6 +124,13 @@ def learning_rate(recipe: Recipe, epoch: int, epochs: int) -> float:
     if recipe.schedule == "constant":
         return recipe.learning_rate
     return recipe.learning_rate * (1 - epoch / epochs) ** recipe.poly_exponent
+
+
+def epochs_for_budget(minutes: float, first_epoch_seconds: float) -> int:
+    """How many epochs fit ``minutes`` when an epoch takes as long as the first one did (its worker
+    start-up included, so the estimate errs on the short side). The learning-rate schedule then
+    spans exactly those epochs: a budgeted run anneals fully instead of being cut mid-schedule."""
+    return max(1, math.floor(minutes * 60 / max(first_epoch_seconds, 1e-6)))
 
 
 def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
@@ -221,7 +229,13 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
     elif run.resume and ctx.is_main:
         progress.say(f"{out}: no checkpoint to continue from; starting a new training.")
 
-    epochs = run.epochs or (state["epochs"] if state else recipe.epochs)
+    if run.minutes is not None and (run.minutes <= 0 or run.epochs is not None):
+        raise UserError(f"--minutes must be > 0 and cannot be combined with --epochs, got {run.minutes} "
+                        f"(--epochs {run.epochs})")
+    # With a time budget the first epoch is a calibration: its learning rate does not depend on the
+    # number of epochs, which is fixed (and checkpointed) once it has been timed.
+    budgeted = run.minutes is not None and state is None and not run.validation_only
+    epochs = 1 if budgeted else run.epochs or (state["epochs"] if state else recipe.epochs)
     iterations = run.iterations_per_epoch or (state["iterations_per_epoch"] if state else recipe.iterations_per_epoch)
     start_epoch = state["epoch"] if state else 0
     if epochs < 1 or iterations < 1:
@@ -277,18 +291,24 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
         progress.say(f"training {plan.dataset_name} {config.name} fold {run.fold} with recipe {recipe.name}: "
                      f"{len(train_cases)} training / {len(val_cases)} validation cases, patch {list(config.patch_size)}, "
-                     f"batch {batch_size}×{ctx.world_size}, epochs {start_epoch}→{epochs} × {iterations} iterations, "
+                     f"batch {batch_size}×{ctx.world_size}, "
+                     + (f"as many epochs as fit {run.minutes:g} min" if budgeted else f"epochs {start_epoch}→{epochs}")
+                     + f" × {iterations} iterations, "
                      f"{device} ({str(amp_dtype or torch.float32).replace('torch.', '')}), {workers} augmentation workers")
 
     # ---- the loop -----------------------------------------------------------------------------
-    loader = iter(batch_loader(train_data, start_epoch * iterations, epochs * iterations, workers,
-                               pin_memory=device.type == "cuda")) if start_epoch < epochs and not run.validation_only else None
+    def batches(first_epoch: int):
+        return iter(batch_loader(train_data, first_epoch * iterations, epochs * iterations, workers,
+                                 pin_memory=device.type == "cuda"))
+
+    loader = batches(start_epoch) if start_epoch < epochs and not run.validation_only else None
     bar = None
     if loader is not None:
         bar = (progress.bar(total=(epochs - start_epoch) * iterations, desc=f"{config.name} fold {run.fold}", unit="it")
                if ctx.is_main else tqdm(disable=True))
     last_plot = -math.inf
-    for epoch in range(start_epoch, epochs if loader else start_epoch):
+    epoch = start_epoch
+    while loader is not None and epoch < epochs:
         lr = learning_rate(recipe, epoch, epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -333,6 +353,15 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
         improved = best is None or ema > best
         best = ema if improved else best
         epoch_seconds = time.perf_counter() - t0
+        if budgeted and epoch == 0:
+            epochs = int(distributed.all_min(ctx, torch.tensor(epochs_for_budget(run.minutes, epoch_seconds))))
+            bar.total = epochs * iterations
+            bar.refresh()
+            if ctx.is_main:
+                tqdm.write(f"{epoch_seconds:.1f} s per epoch here → {epochs} epochs × {iterations} iterations fit "
+                           f"{run.minutes:g} min", file=sys.stderr)
+            if epochs > 1:
+                loader = batches(1)  # the same numbered batches an unbudgeted run of this length gets
 
         if ctx.is_main:
             payload = checkpoint(epoch + 1)
@@ -357,6 +386,7 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
                        + f", EMA {ema:.3f}{' (best)' if improved else ''}, {epoch_seconds:.1f} s"
                        + (f", {skipped} steps skipped (non-finite gradients)" if skipped else ""), file=sys.stderr)
         distributed.barrier(ctx)
+        epoch += 1
     if bar is not None:
         bar.close()
     if loader is not None or (state and not final.is_file() and not run.validation_only):

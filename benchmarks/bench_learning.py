@@ -1,0 +1,126 @@
+"""What a short CPU training learns: the two accuracy-within-time figures of the training issue.
+
+* ``autoliver train 3d_fullres 0`` on a synthetic CT dataset planned with the ``cpu`` preset: the
+  fold-0 validation liver Dice (full cases, the trainer's own validation) and the wall time of the
+  whole command, validation included (target: Dice >= 0.90 within 20 minutes on 2 cores);
+* on a synthetic 4-phase DCE-MRI dataset, ``3d_convlstm`` against a 3D U-Net that sees one phase
+  (portal venous, the phase a single-phase CT protocol would give), each trained for the same
+  minutes on the same fold: the validation tumour Dice of both (target: ConvLSTM higher).
+
+Every step runs through the real CLI in its own process. The run takes about 40 minutes on
+2 cores; it is a benchmark, not a test, and is run on purpose:
+
+    python -m pytest benchmarks/bench_learning.py --benchmark-only -s
+
+AUTOLIVER_BENCH_DIR keeps the generated data and models (default: a pytest temporary folder);
+AUTOLIVER_BENCH_TRAIN_MINUTES (default 18) is the CT budget given to ``--minutes`` (the full-case
+validation comes on top), AUTOLIVER_BENCH_DCE_MINUTES (default 8) each DCE-MRI model's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CT = "Dataset960_LearnCT"
+DCE = "Dataset961_LearnDCE"
+DCE_ONE_PHASE = "Dataset962_LearnDCEPortal"
+PORTAL = 2  # channel of the portal-venous phase (pre, arterial, portal, delayed)
+CT_MINUTES = float(os.environ.get("AUTOLIVER_BENCH_TRAIN_MINUTES", "18"))
+DCE_MINUTES = float(os.environ.get("AUTOLIVER_BENCH_DCE_MINUTES", "8"))
+ITERS = 50  # iterations per epoch: a pseudo-Dice and a checkpoint every ~minute on a CPU
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    base = os.environ.get("AUTOLIVER_BENCH_DIR")
+    folder = Path(base) if base else tmp_path_factory.mktemp("learning")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def autoliver(root: Path, *args: str) -> float:
+    """Run one CLI command in its own process; returns its wall seconds."""
+    env = {**os.environ, "AUTOLIVER_RAW": str(root / "raw"), "AUTOLIVER_PREPROCESSED": str(root / "preprocessed"),
+           "AUTOLIVER_RESULTS": str(root / "results")}
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "autoliver", *args, "--no-progress"], env=env, text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t0
+    sys.stdout.write(r.stdout[-4000:])
+    if r.returncode:
+        raise RuntimeError(f"autoliver {' '.join(args)} failed ({r.returncode})")
+    return seconds
+
+
+def prepared(root: Path, dataset: str, make) -> None:
+    if not (root / "preprocessed" / dataset / "plans.json").is_file():
+        make()
+        autoliver(root, "plan_and_preprocess", "-d", dataset, "--preset", "cpu")
+
+
+def trained(root: Path, dataset: str, configuration: str, minutes: float) -> tuple[dict, float]:
+    """(validation mean Dice per region, wall seconds of the train command); retrains from scratch."""
+    fold = root / "results" / dataset / configuration / "fold_0"
+    shutil.rmtree(fold, ignore_errors=True)
+    seconds = autoliver(root, "train", configuration, "0", "-d", dataset, "--device", "cpu",
+                        "--minutes", str(minutes), "--iters", str(ITERS))
+    summary = json.loads((fold / "validation" / "summary.json").read_text())
+    rows = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines()]
+    per_it = sum(r["train_seconds"] for r in rows) / (len(rows) * ITERS)
+    print(f"\n{dataset} {configuration}: {len(rows)} epochs × {ITERS} iterations, {per_it:.2f} s per iteration, "
+          f"train command {seconds / 60:.1f} min, validation Dice "
+          + ", ".join(f"{k} {v['dice_region']:.3f}" for k, v in summary["mean"].items() if v["dice_region"] is not None))
+    return {k: v["dice_region"] for k, v in summary["mean"].items()}, seconds
+
+
+def test_ct_3d_fullres_within_20_minutes(benchmark, root):
+    prepared(root, CT, lambda: autoliver(root, "make_synthetic", "-d", CT, "--cases", "20", "--seed", "3"))
+    results = []
+    benchmark.pedantic(lambda: results.append(trained(root, CT, "3d_fullres", CT_MINUTES)), rounds=1, iterations=1)
+    dice, seconds = results[-1]
+    benchmark.extra_info.update({"liver_dice": round(dice["liver"], 4), "minutes": round(seconds / 60, 2)})
+    assert dice["liver"] >= 0.90
+    assert seconds <= 20 * 60
+
+
+def _one_phase_copy(root: Path) -> None:
+    """The DCE-MRI dataset with only its portal-venous phase, as a single-channel dataset."""
+    src, dst = root / "raw" / DCE, root / "raw" / DCE_ONE_PHASE
+    if (dst / "dataset.json").is_file():
+        return
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "imagesTr").mkdir(parents=True)
+    shutil.copytree(src / "labelsTr", tmp / "labelsTr")
+    for f in sorted((src / "imagesTr").glob(f"*_{PORTAL:04d}.nii.gz")):
+        shutil.copy2(f, tmp / "imagesTr" / f.name.replace(f"_{PORTAL:04d}.", "_0000."))
+    meta = json.loads((src / "dataset.json").read_text())
+    meta["channel_names"] = {"0": meta["channel_names"][str(PORTAL)]}
+    meta.pop("phases", None)
+    (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+    tmp.rename(dst)
+
+
+def test_dce_convlstm_beats_one_phase_3d_unet(benchmark, root):
+    prepared(root, DCE, lambda: autoliver(root, "make_synthetic", "-d", DCE, "--modality", "dce_mri", "--cases", "20",
+                                          "--seed", "5", "--shape", "64", "160", "160"))
+    _one_phase_copy(root)
+    prepared(root, DCE_ONE_PHASE, lambda: None)
+    results = {}
+
+    def both():
+        results["convlstm"] = trained(root, DCE, "3d_convlstm", DCE_MINUTES)
+        results["one_phase"] = trained(root, DCE_ONE_PHASE, "3d_fullres", DCE_MINUTES)
+
+    benchmark.pedantic(both, rounds=1, iterations=1)
+    lstm, single = results["convlstm"][0]["tumour"], results["one_phase"][0]["tumour"]
+    benchmark.extra_info.update({"convlstm_tumour_dice": lstm, "one_phase_tumour_dice": single})
+    print(f"\ntumour Dice: 3d_convlstm {lstm:.3f}, one-phase 3d_fullres {single:.3f}")
+    assert lstm > single
