@@ -13,7 +13,7 @@ Every step runs through the real CLI in its own process. The run takes about 40 
     python -m pytest benchmarks/bench_learning.py --benchmark-only -s
 
 AUTOLIVER_BENCH_DIR keeps the generated data and models (default: a pytest temporary folder);
-AUTOLIVER_BENCH_TRAIN_MINUTES (default 18) is the CT budget given to ``--minutes`` (the full-case
+AUTOLIVER_BENCH_TRAIN_MINUTES (default 16) is the CT budget given to ``--minutes`` (the full-case
 validation comes on top), AUTOLIVER_BENCH_DCE_MINUTES (default 8) each DCE-MRI model's.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ CT = "Dataset960_LearnCT"
 DCE = "Dataset961_LearnDCE"
 DCE_ONE_PHASE = "Dataset962_LearnDCEPortal"
 PORTAL = 2  # channel of the portal-venous phase (pre, arterial, portal, delayed)
-CT_MINUTES = float(os.environ.get("AUTOLIVER_BENCH_TRAIN_MINUTES", "18"))
+CT_MINUTES = float(os.environ.get("AUTOLIVER_BENCH_TRAIN_MINUTES", "16"))
 DCE_MINUTES = float(os.environ.get("AUTOLIVER_BENCH_DCE_MINUTES", "8"))
 ITERS = 50  # iterations per epoch: a pseudo-Dice and a checkpoint every ~minute on a CPU
 
@@ -59,10 +59,12 @@ def autoliver(root: Path, *args: str) -> float:
     return seconds
 
 
-def prepared(root: Path, dataset: str, make) -> None:
-    if not (root / "preprocessed" / dataset / "plans.json").is_file():
+def prepared(root: Path, dataset: str, configuration: str, make) -> None:
+    """Generate the raw dataset if missing, then plan (cpu preset) and preprocess if not done."""
+    if not (root / "raw" / dataset / "dataset.json").is_file():
         make()
-        autoliver(root, "plan_and_preprocess", "-d", dataset, "--preset", "cpu")
+    if not (root / "preprocessed" / dataset / "plans.json").is_file():
+        autoliver(root, "plan_and_preprocess", "-d", dataset, "--preset", "cpu", "-c", configuration)
 
 
 def trained(root: Path, dataset: str, configuration: str, minutes: float) -> tuple[dict, float]:
@@ -81,7 +83,7 @@ def trained(root: Path, dataset: str, configuration: str, minutes: float) -> tup
 
 
 def test_ct_3d_fullres_within_20_minutes(benchmark, root):
-    prepared(root, CT, lambda: autoliver(root, "make_synthetic", "-d", CT, "--cases", "20", "--seed", "3"))
+    prepared(root, CT, "3d_fullres", lambda: autoliver(root, "make_synthetic", "-d", CT, "--cases", "20", "--seed", "3"))
     results = []
     benchmark.pedantic(lambda: results.append(trained(root, CT, "3d_fullres", CT_MINUTES)), rounds=1, iterations=1)
     dice, seconds = results[-1]
@@ -109,10 +111,10 @@ def _one_phase_copy(root: Path) -> None:
 
 
 def test_dce_convlstm_beats_one_phase_3d_unet(benchmark, root):
-    prepared(root, DCE, lambda: autoliver(root, "make_synthetic", "-d", DCE, "--modality", "dce_mri", "--cases", "20",
+    prepared(root, DCE, "3d_convlstm", lambda: autoliver(root, "make_synthetic", "-d", DCE, "--modality", "dce_mri", "--cases", "20",
                                           "--seed", "5", "--shape", "64", "160", "160"))
     _one_phase_copy(root)
-    prepared(root, DCE_ONE_PHASE, lambda: None)
+    prepared(root, DCE_ONE_PHASE, "3d_fullres", lambda: None)
     results = {}
 
     def both():
