@@ -42,3 +42,15 @@ def rng():
 
 def pytest_configure(config):
     os.environ.setdefault("AUTOLIVER_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread is faster, and far faster on a busy machine (no spinning
+    barriers). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,12 +19,7 @@ from inference_helpers import save_model, tiny_configuration, tiny_plan
 from test_inference_predict import small_scan
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 
 
 @pytest.fixture(scope="module")

@@ -51,13 +51,7 @@ def threshold_model(spacing, patch=(16, 128, 128)) -> Model:
     return Model([StageModel(tiny_plan([config]), config, [Threshold()], ["0"])])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread is faster than two fighting over a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 
 
 @pytest.fixture(scope="module")

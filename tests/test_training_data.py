@@ -66,13 +66,7 @@ def make_plan(*configurations, num_phases=1):
                 {c.name: c for c in configurations})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread is faster, and far faster on a busy machine (no spinning barriers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 
 
 # ---- tests -------------------------------------------------------------------------------------

@@ -15,13 +15,7 @@ from autoliver.training.networks.convlstm import ConvLSTM, ConvLSTMCell
 from autoliver.training.networks.registry import region_log_probabilities
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread is faster, and far faster on a busy machine (no spinning barriers)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 
 
 def spec(arch="unet", dims=3, features=(4, 8, 16), downsampling="conv", in_channels=2, strides=None, **kw):

@@ -18,12 +18,7 @@ from autoliver.training.trainer import learning_rate, make_optimizer, train_step
 from test_training_data import make_configuration, write_phantoms
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors: one thread is faster
 
 
 @pytest.fixture(scope="module")

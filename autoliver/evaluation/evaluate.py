@@ -394,7 +394,7 @@ def evaluate(reference: str | os.PathLike, prediction: str | os.PathLike, output
         write_json(output_json, summary)
     pngs = {job.case: png for job, (_, _, png) in zip(jobs, outputs) if png is not None}
     if overview_dir is not None:
-        from autoliver.evaluation.pictures import atomic_write_bytes
+        from autoliver.schema import atomic_write_bytes
 
         for case, png in pngs.items():
             atomic_write_bytes(Path(overview_dir) / f"{case}.png", png)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from autoliver.errors import UserError
+from autoliver.schema import atomic_write_bytes
 from autoliver.evaluation import pictures as P
 from autoliver.evaluation.lesions import LITS_CONNECTIVITY, _label
 from autoliver.evaluation.measurements import longest_axial_diameter
@@ -75,7 +76,7 @@ def make_report(image: np.ndarray, seg: np.ndarray, geometry, out_dir: str | os.
         handles = P.draw_view(axes[0][0], view, point, spacing, image=shown.array, outlines=outlines, title=title,
                               line=line)
         path = out_dir / f"{stem}.png"
-        P.atomic_write_bytes(path, P.png_bytes(fig, handles, case))
+        atomic_write_bytes(path, P.png_bytes(fig, handles, case))
         written.append(path)
     fig, axes = P.new_figure(len(panels) // 3, 3, size_per_panel=4.0)
     handles = []
@@ -83,7 +84,7 @@ def make_report(image: np.ndarray, seg: np.ndarray, geometry, out_dir: str | os.
         handles += P.draw_view(axes[k // 3][k % 3], view, point, spacing, image=shown.array, outlines=outlines,
                                title=title, line=line)
     path = out_dir / "overview.png"
-    P.atomic_write_bytes(path, P.png_bytes(fig, handles, case))
+    atomic_write_bytes(path, P.png_bytes(fig, handles, case))
     written.append(path)
     return ReportFiles(pictures=written, statistics_json=out_dir / "statistics.json",
                        statistics_csv=out_dir / "statistics.csv", statistics=stats)

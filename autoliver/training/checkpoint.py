@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 
 from autoliver.errors import UserError, choose
 from autoliver.planning.plan import Configuration, Plan
-from autoliver.schema import from_jsonable
+from autoliver.schema import atomic_write, from_jsonable
 
 CHECKPOINTS = ("final", "best", "latest")
 
@@ -34,19 +33,8 @@ def checkpoint_path(fold_dir: str | os.PathLike, which: str) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Write under a temporary name in the same folder, then rename: a crash never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Written atomically: a crash never leaves a torn checkpoint under the final name."""
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
