@@ -1,4 +1,5 @@
-"""Training speed on the CPU: seconds per iteration of small plans, and the data pipeline.
+"""Training speed: seconds per iteration of small CPU plans and of the LiTS 3d_fullres plan on a GPU,
+and the data pipeline.
 
 Side by side:
 * one training step (forward, Dice + CE with deep supervision, backward, SGD) of autoliver's
@@ -7,12 +8,19 @@ Side by side:
 * one augmented batch from autoliver's sampler (reads only the transformed patch's bounding box
   from the Blosc2 file) and from nnU-Net's way (the enlarged patch that covers any rotation and
   scaling is cut from the whole case in memory, then batchgenerators' SpatialTransform), with the
-  same augmentation probabilities.
+  same augmentation probabilities;
+* on a CUDA machine: one mixed-precision training step of the ``3d_fullres`` plan the default
+  preset makes for LiTS's geometry (``../shared/data/lits_geometry.json``), planned for 8 GiB (the
+  GPU nnU-Net plans for) and for the free memory of the GPU at hand, autoliver's U-Net beside
+  nnU-Net's ``PlainConvUNet``; iterations per second and peak GPU memory against the planner's
+  estimate.
 
-    python -m pytest benchmarks/bench_training.py --benchmark-only
+    python -m pytest benchmarks/bench_training.py --benchmark-only -s
 """
 from __future__ import annotations
 
+import functools
+import gc
 import itertools
 import sys
 from pathlib import Path
@@ -22,8 +30,15 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _gpu import cuda, device_name  # noqa: E402
+from bench_planning import lits_fingerprint  # noqa: E402
+
+from autoliver.planning.budget import Budget, detect_budget  # noqa: E402
 from autoliver.planning.plan import NetworkSpec  # noqa: E402
+from autoliver.planning.planner import plan_experiment  # noqa: E402
+from autoliver.planning.presets import load_preset  # noqa: E402
 from autoliver.preprocessing import storage  # noqa: E402
 from autoliver.training.data import PatchBatches, read_region  # noqa: E402
 from autoliver.training.losses import SegmentationLoss  # noqa: E402
@@ -69,27 +84,71 @@ def test_train_step_autoliver(benchmark, plan):
 
 @pytest.mark.parametrize("plan", list(PLANS))
 def test_train_step_nnunet_plainconvunet(benchmark, plan):
-    arch = pytest.importorskip("dynamic_network_architectures.architectures.unet")
-    patch, feats, strides, bs = PLANS[plan]
-    dims = len(patch)
     torch.manual_seed(0)
-    net = arch.PlainConvUNet(
-        1, len(feats), list(feats), torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d, [(3,) * dims] * len(feats),
-        strides, [2] * len(feats), 3, [2] * (len(feats) - 1), conv_bias=True,
-        norm_op=torch.nn.InstanceNorm3d if dims == 3 else torch.nn.InstanceNorm2d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
-        deep_supervision=True).train()
+    net = plain_conv_unet(spec_of(plan)).train()
+    patch, _, _, bs = PLANS[plan]
     _step(benchmark, net, patch, bs)
 
 
-def _step(benchmark, net, patch, bs):
+def plain_conv_unet(spec: NetworkSpec):
+    """nnU-Net's PlainConvUNet with the stages, kernels, strides and widths of ``spec``."""
+    arch = pytest.importorskip("dynamic_network_architectures.architectures.unet")
+    n, three_d = len(spec.features_per_stage), spec.dims == 3
+    return arch.PlainConvUNet(
+        spec.in_channels, n, list(spec.features_per_stage), torch.nn.Conv3d if three_d else torch.nn.Conv2d,
+        [list(k) for k in spec.kernel_sizes], [list(s) for s in spec.strides], [spec.convs_per_stage] * n,
+        spec.num_classes, [spec.convs_per_stage] * (n - 1), conv_bias=True,
+        norm_op=torch.nn.InstanceNorm3d if three_d else torch.nn.InstanceNorm2d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True},
+        deep_supervision=True)
+
+
+def _step(benchmark, net, patch, bs, device="cpu", amp_dtype=None, rounds=3):
     loss_fn = SegmentationLoss(DEFAULT.loss)
     opt = make_optimizer(DEFAULT, net.parameters())
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    x = torch.randn(bs, 1, *patch)
-    y = (torch.rand(bs, 1, *patch) * 3).to(torch.int8)
-    benchmark.pedantic(lambda: train_step(net, loss_fn, opt, scaler, x, y, 12.0), rounds=3, iterations=1,
-                       warmup_rounds=1)
+    x = torch.randn(bs, net_in_channels(net), *patch, device=device)
+    y = (torch.rand(bs, 1, *patch, device=device) * 3).to(torch.int8)
+    # train_step returns the loss on the CPU, which waits for the GPU: the host clock times the step
+    benchmark.pedantic(lambda: train_step(net, loss_fn, opt, scaler, x, y, 12.0, amp_dtype), rounds=rounds,
+                       iterations=1, warmup_rounds=1 if device == "cpu" else 3)
+
+
+def net_in_channels(net) -> int:
+    return next(m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))).in_channels
+
+
+GPU_BUDGETS_GIB = {"8 GiB": 8.0, "free GPU memory": None}
+
+
+@functools.lru_cache(maxsize=None)
+def _lits_gpu_configuration(budget: str):
+    """The 3d_fullres configuration for LiTS; planned once per budget, so both networks get the same
+    plan (the free memory is read before anything is allocated)."""
+    gib = GPU_BUDGETS_GIB[budget]
+    if gib is None:
+        gc.collect()
+        torch.cuda.empty_cache()
+    plan = plan_experiment(lits_fingerprint(), load_preset("default"),
+                           Budget("cuda", int(gib * 2**30)) if gib else detect_budget())
+    return plan.configurations["3d_fullres"]
+
+
+@pytest.mark.parametrize("impl", ["autoliver", "nnU-Net PlainConvUNet"])
+@pytest.mark.parametrize("budget", list(GPU_BUDGETS_GIB))
+def test_lits_3d_fullres_step_cuda(benchmark, budget, impl):
+    cuda()
+    c = _lits_gpu_configuration(budget)
+    torch.manual_seed(0)
+    net = (build_network(c.network) if impl == "autoliver" else plain_conv_unet(c.network)).cuda().train()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    _step(benchmark, net, c.patch_size, c.batch_size, "cuda", torch.bfloat16, rounds=20)
+    peak = torch.cuda.max_memory_allocated()
+    median = benchmark.stats.stats.median if benchmark.stats is not None else float("nan")
+    print(f"\n{impl}, LiTS 3d_fullres planned for {budget} on {device_name()}: patch {c.patch_size} batch "
+          f"{c.batch_size}, features {c.network.features_per_stage}: {median:.3f} s per step = {1 / median:.2f} it/s, "
+          f"peak GPU memory {peak / 2**30:.1f} GiB (planner's estimate {c.estimated_memory_bytes / 2**30:.1f} GiB)")
 
 
 @pytest.mark.parametrize("plan", list(PLANS))

@@ -324,6 +324,15 @@ def test_cuda_filters_and_stats_match_cpu():
     np.testing.assert_array_equal(s.voxel_count, r.voxel_count)
     np.testing.assert_array_equal(s.bbox, r.bbox)
     np.testing.assert_allclose(s.centroid_mm, r.centroid_mm, rtol=1e-12, equal_nan=True)
+    # 2D int64 labels with a gap (label 3 absent), and a whole-slice component (warp-combined sums)
+    lab2 = cc.label(mask[3])[0].astype(np.int64)
+    lab2[lab2 == 3] = 0
+    lab2[0, :] = lab2.max() + 1
+    s2 = cc.component_stats(torch.from_numpy(lab2).cuda(), (1.0, 0.5))
+    r2 = cc.component_stats(lab2, (1.0, 0.5))
+    np.testing.assert_array_equal(s2.voxel_count, r2.voxel_count)
+    np.testing.assert_array_equal(s2.bbox, r2.bbox)
+    np.testing.assert_allclose(s2.centroid_mm, r2.centroid_mm, rtol=1e-12, equal_nan=True)
     board = torch.from_numpy((np.indices((40, 40, 40)).sum(0) % 2).astype(bool)).cuda()
     assert cc.label(board, 6)[1] == 32000
     assert cc.label(torch.zeros((5, 5), dtype=torch.bool, device="cuda"))[1] == 0

@@ -240,7 +240,8 @@ def test_fallback_matches_the_kernel(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("shape,kernel,stride", CASES)
+# more output slices (planes × depth) than one CUDA grid dimension holds: the kernels loop over them
+@pytest.mark.parametrize("shape,kernel,stride", CASES + [((1, 70000, 2, 2, 3), 2, None)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_composition(shape, kernel, stride, dtype):
     gen = torch.Generator().manual_seed(0)
@@ -254,7 +255,9 @@ def test_cuda_matches_composition(shape, kernel, stride, dtype):
     torch.testing.assert_close(y, y_r, atol=tol, rtol=tol)
     torch.testing.assert_close(gx, gx_r, atol=tol, rtol=tol)
     torch.testing.assert_close(ga, ga_r, atol=10 * tol, rtol=10 * tol)
-    if dtype == torch.float64:
+    # the α gradient is reduced in a fixed order: the same bits every run
+    assert torch.equal(ga, grads(lambda a, b: mixed_pool(a, b, kernel, stride), x, alpha, g)[2])
+    if dtype == torch.float64 and x.numel() < 10_000:  # one numerical derivative per element
         xg = x[:1].clone().requires_grad_(True)
         ag = alpha.clone().requires_grad_(True)
         assert torch.autograd.gradcheck(lambda a, b: mixed_pool(a, b, kernel, stride), (xg, ag))

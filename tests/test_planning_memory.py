@@ -143,12 +143,14 @@ def test_estimate_within_25_percent_of_peak_rss():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
-def test_estimate_within_25_percent_of_cuda_peak():
+def test_estimate_covers_cuda_peak_with_bounded_headroom():
+    """On a GPU an estimate below the peak means an out-of-memory error mid-training: never under,
+    and at most 1.5 × (the planned headroom; 1.13–1.38 × measured on an H100)."""
     pytest.importorskip("autoliver.training.networks", reason="the training stage's networks are not built")
     for name, config in _jobs():
         measured = _measure(config, device="cuda")["peak"]
         estimate = estimate_training_bytes(config, device="cuda")
-        assert 0.75 <= estimate / measured <= 1.25, (name, estimate, measured)
+        assert 1.0 <= estimate / measured <= 1.5, (name, estimate, measured)
 
 
 def test_estimate_itemises_and_scales_with_batch():

@@ -98,9 +98,10 @@ def test_a_time_budget_fixes_the_epochs_after_the_first_and_trains_like_a_run_of
     plan, pre, results = dataset
     reference = metrics(run(plan, pre, results / "reference", "3d_fullres", epochs=3, iters=2, validate=False))
     timed = []
-    monkeypatch.setattr(trainer, "epochs_for_budget", lambda minutes, seconds: timed.append((minutes, seconds)) or 3)
+    monkeypatch.setattr(trainer, "epochs_for_budget", lambda minutes, seconds, steady, restart:
+                        timed.append((minutes, seconds, steady, restart)) or 3)
     budgeted = run(plan, pre, results / "budget", "3d_fullres", epochs=None, iters=2, minutes=0.5, validate=False)
-    assert len(timed) == 1 and timed[0][0] == 0.5 and timed[0][1] > 0
+    assert len(timed) == 1 and timed[0][0] == 0.5 and timed[0][1] > 0 and 0 < timed[0][2] and 0 < timed[0][3] < timed[0][1]
     rows = metrics(budgeted)
     # epoch 0's learning rate does not depend on the length; later ones follow the fixed schedule
     assert [r["learning_rate"] for r in rows] == [r["learning_rate"] for r in reference]
@@ -115,6 +116,9 @@ def test_epochs_for_budget_and_bad_budgets(dataset):
 
     assert epochs_for_budget(20, 30.0) == 40
     assert epochs_for_budget(1, 61.0) == 1  # never zero: the first epoch has been trained already
+    # a slow first epoch (start-up) does not shrink the rest: 2 min = 33 s + 2 s restart + 8 × 10 s (+ 5 s left)
+    assert epochs_for_budget(2, 33.0, 10.0, 2.0) == 9
+    assert epochs_for_budget(0.5, 40.0, 1.0, 0.0) == 1
     plan, pre, results = dataset
     for epochs, minutes in ((2, 1.0), (None, 0.0), (None, -3.0)):
         with pytest.raises(UserError, match="--minutes"):

@@ -380,9 +380,47 @@ def _torch_label(t, connectivity, *, binary: bool = False):
     return labels, int(count.item())
 
 
-def _torch_sizes(labels, n):
+def _cuda_stats(labels, n: int, *, counts_only: bool = False):
+    """(count (n + 1,) int32, box (n + 1, 6) int32 or None, sums (n + 1, 3) int64 or None) of CUDA
+    int32-able labels, by ``autoliver_cc_stats``; None when the kernel is unavailable."""
     import torch
 
+    lib = _load_cuda()
+    if lib is None:
+        return None
+    from autoliver.ops._cuda import current_stream_ptr
+
+    src = labels.detach()
+    src = (src if src.dtype == torch.int32 else src.to(torch.int32)).contiguous()
+    shape3 = (1, *src.shape) if src.dim() == 2 else tuple(src.shape)
+    dev = src.device
+    count = torch.zeros(n + 1, dtype=torch.int32, device=dev)
+    box = sums = None
+    if not counts_only:
+        box = torch.empty((n + 1, 6), dtype=torch.int32, device=dev)
+        box[:, :3] = 2**31 - 1
+        box[:, 3:] = -1
+        sums = torch.zeros((n + 1, 3), dtype=torch.int64, device=dev)
+    lib.autoliver_cc_stats.restype = ctypes.c_int
+    with torch.cuda.device(dev):
+        err = lib.autoliver_cc_stats(_cptr(src), *[ctypes.c_int(int(v)) for v in shape3], _cptr(count), _cptr(box),
+                                     _cptr(sums), current_stream_ptr(dev))
+    if err != 0:
+        raise RuntimeError(f"component_stats: CUDA kernel failed with error code {err}")
+    return count, box, sums
+
+
+def _cptr(t):
+    return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
+
+
+def _torch_sizes(labels, n):
+    """Voxels per label 0..n (0 for the background) of CUDA labels."""
+    import torch
+
+    stats = _cuda_stats(labels, n, counts_only=True)
+    if stats is not None:
+        return stats[0]
     sizes = torch.bincount(labels.reshape(-1).to(torch.int64), minlength=n + 1)
     sizes[0] = 0
     return sizes
@@ -411,31 +449,17 @@ def _torch_remove_small(mask, min_voxels, min_ml, spacing_zyx_mm, connectivity):
 
 
 def _torch_stats(labels, spacing_zyx_mm) -> ComponentStats:
-    torch = _torch_check("component_stats", labels)
+    _torch_check("component_stats", labels)
     spacing = _spacing("component_stats", spacing_zyx_mm, labels.dim())
     if not labels.is_cuda:
         return component_stats(labels.detach().cpu().contiguous().numpy(), spacing)
     if labels.numel() and int(labels.min()) < 0:
         raise UserError(f"component_stats: labels must be >= 0, got a minimum of {int(labels.min())}")
     n = int(labels.max()) if labels.numel() else 0
-    flat = labels.reshape(-1).to(torch.int64)
-    count = torch.bincount(flat, minlength=n + 1)
-    idx = torch.arange(flat.numel(), device=flat.device)
-    coords, rest = [], idx
-    for size in reversed(labels.shape):
-        coords.append(rest % size)
-        rest = rest // size
-    coords = coords[::-1]
-    sums = torch.stack([torch.bincount(flat, weights=c.to(torch.float64), minlength=n + 1) for c in coords], 1)
-    lo = [torch.full((n + 1,), 2**62, dtype=torch.int64, device=flat.device).scatter_reduce(0, flat, c, "amin")
-          for c in coords]
-    hi = [torch.full((n + 1,), -1, dtype=torch.int64, device=flat.device).scatter_reduce(0, flat, c, "amax")
-          for c in coords]
-    count_np = count[1:].cpu().numpy().astype(np.int64)
-    bbox = torch.stack(lo + [h + 1 for h in hi], 1)[1:].cpu().numpy().astype(np.int64)
-    bbox[count_np == 0] = 0
-    sums_np = sums[1:].cpu().numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centroid = sums_np / count_np[:, None] * np.asarray(spacing)
-    centroid[count_np == 0] = np.nan
-    return ComponentStats(count_np, bbox, centroid, spacing)
+    stats = _cuda_stats(labels, n) if n < 2**31 and max(labels.shape) < 2**26 else None
+    if stats is None:  # no kernel, or sums per warp that could overflow 32 bits: on the CPU
+        return component_stats(labels.detach().cpu().contiguous().numpy(), spacing)
+    count, box, sums = (t[1:].cpu().numpy().astype(np.int64) for t in stats)
+    bbox = np.concatenate([box[:, :3], box[:, 3:] + 1], 1)
+    bbox[count == 0] = 0
+    return _finish_stats(count, bbox, sums.astype(np.float64), spacing, labels.dim())

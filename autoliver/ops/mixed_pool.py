@@ -170,10 +170,16 @@ def _backward(grad_out, argmax, alpha, in_shape, kernel, stride, diff):
     g = grad_out.contiguous()
     planes = _planes(in_shape)
     grad_x = torch.empty(planes, dtype=g.dtype, device=g.device)
-    per_plane = torch.empty(planes[0], dtype=torch.float64, device=g.device) if diff is not None else None
+    per_plane = None
     if g.is_cuda:
-        _cuda_backward(g.view(argmax.shape), argmax, alpha, kernel, stride, grad_x, diff, per_plane)
+        # the CUDA kernel writes a fixed number of partial sums per plane; adding them up here
+        # keeps the α gradient deterministic
+        partial = torch.empty((planes[0], _cuda_alpha_chunks()), dtype=torch.float64, device=g.device) \
+            if diff is not None else None
+        _cuda_backward(g.view(argmax.shape), argmax, alpha, kernel, stride, grad_x, diff, partial)
+        per_plane = partial.sum(1) if partial is not None else None
     else:
+        per_plane = torch.empty(planes[0], dtype=torch.float64, device=g.device) if diff is not None else None
         mod = _ext.load("mixed_pool")
         mod.backward(g.view(argmax.shape).numpy(), argmax.numpy(), alpha.numpy(), list(kernel), list(stride),
                      grad_x.numpy(), None if diff is None else diff.numpy(),
@@ -191,6 +197,12 @@ def _cuda_lib():
     from autoliver.ops._cuda import try_load_cuda
 
     return try_load_cuda("mixed_pool", "using max_pool + avg_pool instead")
+
+
+def _cuda_alpha_chunks() -> int:
+    lib = _cuda_lib()
+    lib.autoliver_mixed_pool_alpha_chunks.restype = ctypes.c_int
+    return int(lib.autoliver_mixed_pool_alpha_chunks())
 
 
 def _cuda_args(shape_planes, alpha, kernel, stride):

@@ -126,11 +126,17 @@ def learning_rate(recipe: Recipe, epoch: int, epochs: int) -> float:
     return recipe.learning_rate * (1 - epoch / epochs) ** recipe.poly_exponent
 
 
-def epochs_for_budget(minutes: float, first_epoch_seconds: float) -> int:
-    """How many epochs fit ``minutes`` when an epoch takes as long as the first one did (its worker
-    start-up included, so the estimate errs on the short side). The learning-rate schedule then
-    spans exactly those epochs: a budgeted run anneals fully instead of being cut mid-schedule."""
-    return max(1, math.floor(minutes * 60 / max(first_epoch_seconds, 1e-6)))
+def epochs_for_budget(minutes: float, first_epoch_seconds: float, steady_epoch_seconds: float | None = None,
+                      restart_seconds: float = 0.0) -> int:
+    """How many epochs fit ``minutes``: the first epoch as it went (worker start-up, cuDNN's
+    algorithm search and the first allocations included), then epochs at the pace its later
+    iterations kept (``steady_epoch_seconds``, default: the first epoch's), after restarting the
+    batch workers once (``restart_seconds``). The learning-rate schedule then spans exactly those
+    epochs: a budgeted run anneals fully instead of being cut mid-schedule. Never fewer than the
+    one already trained."""
+    steady = first_epoch_seconds if steady_epoch_seconds is None else steady_epoch_seconds
+    left = minutes * 60 - first_epoch_seconds - restart_seconds
+    return max(1, 1 + math.floor(max(left, 0.0) / max(steady, 1e-6)))
 
 
 def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
@@ -315,8 +321,13 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
         model.train()
         t0 = time.perf_counter()
         train_loss, digest, skipped = torch.zeros((), dtype=torch.float64), hashlib.blake2b(digest_size=8), 0
-        for _ in range(iterations):
+        warm_up = max(1, iterations // 4)  # iterations of epoch 0 that pay for start-up, not the pace
+        for it in range(iterations):
+            if it == warm_up:
+                t_warm = time.perf_counter()
             batch = next(loader)
+            if it == 0:
+                first_batch_seconds = time.perf_counter() - t0
             digest.update(batch["data"].numpy().tobytes())
             digest.update(batch["target"].numpy().tobytes())
             x = batch["data"].to(device, non_blocking=True)
@@ -354,12 +365,16 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
         best = ema if improved else best
         epoch_seconds = time.perf_counter() - t0
         if budgeted and epoch == 0:
-            epochs = int(distributed.all_min(ctx, torch.tensor(epochs_for_budget(run.minutes, epoch_seconds))))
+            steady = epoch_seconds
+            if iterations > warm_up:
+                steady = (t0 + train_seconds - t_warm) / (iterations - warm_up) * iterations + epoch_seconds - train_seconds
+            epochs = int(distributed.all_min(ctx, torch.tensor(
+                epochs_for_budget(run.minutes, epoch_seconds, steady, first_batch_seconds))))
             bar.total = epochs * iterations
             bar.refresh()
             if ctx.is_main:
-                tqdm.write(f"{epoch_seconds:.1f} s per epoch here → {epochs} epochs × {iterations} iterations fit "
-                           f"{run.minutes:g} min", file=sys.stderr)
+                tqdm.write(f"first epoch {epoch_seconds:.1f} s, then {steady:.1f} s per epoch here → {epochs} epochs × "
+                           f"{iterations} iterations fit {run.minutes:g} min", file=sys.stderr)
             if epochs > 1:
                 loader = batches(1)  # the same numbered batches an unbudgeted run of this length gets
 

@@ -14,6 +14,12 @@
 //               so labels are consecutive in scan order: out[i] = rank[L[i]] + 1.
 // The label buffer doubles as the forest (L lives in the output), so the workspace is two int32
 // per voxel plus CUB's scratch. Volumes must have fewer than 2^31 voxels (int32 indices).
+//
+// Statistics of a labelled volume (autoliver_cc_stats): voxel count, bounding box and the sums of
+// the voxel coordinates per label, in one pass over the labels. Background voxels are skipped
+// (they would all hit one counter), and the lanes of a warp that hold the same label combine their
+// values first (match + warp reductions), so a large organ costs one atomic per warp, not one per
+// voxel. Integer sums make the centroids exact and the result independent of the order.
 // No torch or Python headers: the launchers take device pointers and a stream.
 #include <cuda_runtime.h>
 #include <cub/device/device_scan.cuh>
@@ -109,6 +115,48 @@ __global__ void count_kernel(const int* __restrict__ flags, const int* __restric
   *count = rank[n - 1] + flags[n - 1];
 }
 
+// One thread per voxel; count[l] += 1, box[6l..6l+5] = min z, y, x and max z, y, x, sums[3l..] += z, y, x.
+// box and sums may be null (counts only).
+__global__ void stats_kernel(const int* __restrict__ labels, int n, int Y, int X, int* __restrict__ count,
+                             int* __restrict__ box, unsigned long long* __restrict__ sums) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int l = i < n ? labels[i] : 0;
+  const int x = i % X, y = (i / X) % Y, z = i / (X * Y);
+#if __CUDA_ARCH__ >= 800
+  const unsigned peers = __match_any_sync(0xffffffffu, l);
+  if (l <= 0) return;
+  const bool leader = (threadIdx.x & 31) == __ffs(peers) - 1;
+  if (leader) atomicAdd(count + l, __popc(peers));
+  if (box) {
+    const int lo_z = __reduce_min_sync(peers, z), lo_y = __reduce_min_sync(peers, y), lo_x = __reduce_min_sync(peers, x);
+    const int hi_z = __reduce_max_sync(peers, z), hi_y = __reduce_max_sync(peers, y), hi_x = __reduce_max_sync(peers, x);
+    const unsigned s_z = __reduce_add_sync(peers, unsigned(z)), s_y = __reduce_add_sync(peers, unsigned(y)),
+                   s_x = __reduce_add_sync(peers, unsigned(x));
+    if (leader) {
+      int* b = box + 6 * static_cast<long long>(l);
+      atomicMin(b + 0, lo_z), atomicMin(b + 1, lo_y), atomicMin(b + 2, lo_x);
+      atomicMax(b + 3, hi_z), atomicMax(b + 4, hi_y), atomicMax(b + 5, hi_x);
+      unsigned long long* s = sums + 3 * static_cast<long long>(l);
+      atomicAdd(s + 0, static_cast<unsigned long long>(s_z));
+      atomicAdd(s + 1, static_cast<unsigned long long>(s_y));
+      atomicAdd(s + 2, static_cast<unsigned long long>(s_x));
+    }
+  }
+#else
+  if (l <= 0) return;
+  atomicAdd(count + l, 1);
+  if (box) {
+    int* b = box + 6 * static_cast<long long>(l);
+    atomicMin(b + 0, z), atomicMin(b + 1, y), atomicMin(b + 2, x);
+    atomicMax(b + 3, z), atomicMax(b + 4, y), atomicMax(b + 5, x);
+    unsigned long long* s = sums + 3 * static_cast<long long>(l);
+    atomicAdd(s + 0, static_cast<unsigned long long>(z));
+    atomicAdd(s + 1, static_cast<unsigned long long>(y));
+    atomicAdd(s + 2, static_cast<unsigned long long>(x));
+  }
+#endif
+}
+
 size_t align_up(size_t v) { return (v + 255) / 256 * 256; }
 
 size_t scan_bytes(int n) {
@@ -168,5 +216,18 @@ AUTOLIVER_CC_LABEL(i16, int16_t)
 AUTOLIVER_CC_LABEL(i32, int32_t)
 AUTOLIVER_CC_LABEL(i64, int64_t)
 #undef AUTOLIVER_CC_LABEL
+
+// Statistics of int32 labels (Z*Y*X voxels, any value <= 0 is background; labels <= max_label).
+// count (max_label + 1 int32) zeroed, box (6 per label) set to INT_MAX for the minima and -1 for
+// the maxima, sums (3 uint64 per label) zeroed by the caller; box and sums may be null.
+int autoliver_cc_stats(const int* labels, int Z, int Y, int X, int* count, int* box, unsigned long long* sums,
+                       cudaStream_t stream) {
+  if (Z <= 0 || Y <= 0 || X <= 0) return 0;
+  const long long n_ll = static_cast<long long>(Z) * Y * X;
+  if (n_ll >= (1LL << 31)) return static_cast<int>(cudaErrorInvalidValue);
+  const int n = static_cast<int>(n_ll);
+  stats_kernel<<<(n + kThreads - 1) / kThreads, kThreads, 0, stream>>>(labels, n, Y, X, count, box, sums);
+  return static_cast<int>(cudaGetLastError());
+}
 
 }  // extern "C"
