@@ -3,8 +3,8 @@
 The extensions are optional: when a compiler or OpenMP is missing the install still succeeds and
 every op falls back to its reference implementation (with one warning at first use).
 Set AUTOLIVER_PORTABLE_BUILD=1 to build without -march=native (for wheels copied between machines).
-CUDA sources in csrc/cuda are not built here: they are compiled on first use on a GPU machine
-through torch.utils.cpp_extension (see autoliver/ops/_cuda.py).
+CUDA sources in csrc/cuda are not built here: nvcc compiles them on first use on a GPU machine
+into a cached shared library that ctypes loads (see autoliver/ops/_cuda.py).
 """
 import glob
 import os

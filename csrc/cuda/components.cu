@@ -115,6 +115,21 @@ __global__ void count_kernel(const int* __restrict__ flags, const int* __restric
   *count = rank[n - 1] + flags[n - 1];
 }
 
+// Combine a coordinate (>= 0) over the lanes of a warp that hold the same label (``peers``);
+// without the sm_80 warp reductions every lane stands alone.
+enum class Reduce { kMin, kMax, kSum };
+
+template <Reduce op>
+__device__ __forceinline__ unsigned over_peers(unsigned peers, unsigned v) {
+#if __CUDA_ARCH__ >= 800
+  if (op == Reduce::kMin) return __reduce_min_sync(peers, v);
+  if (op == Reduce::kMax) return __reduce_max_sync(peers, v);
+  return __reduce_add_sync(peers, v);
+#else
+  return v;
+#endif
+}
+
 // One thread per voxel; count[l] += 1, box[6l..6l+5] = min z, y, x and max z, y, x, sums[3l..] += z, y, x.
 // box and sums may be null (counts only).
 __global__ void stats_kernel(const int* __restrict__ labels, int n, int Y, int X, int* __restrict__ count,
@@ -123,38 +138,32 @@ __global__ void stats_kernel(const int* __restrict__ labels, int n, int Y, int X
   const int l = i < n ? labels[i] : 0;
   const int x = i % X, y = (i / X) % Y, z = i / (X * Y);
 #if __CUDA_ARCH__ >= 800
-  const unsigned peers = __match_any_sync(0xffffffffu, l);
-  if (l <= 0) return;
+  const unsigned peers = __match_any_sync(0xffffffffu, l);  // every lane, before any leaves
   const bool leader = (threadIdx.x & 31) == __ffs(peers) - 1;
-  if (leader) atomicAdd(count + l, __popc(peers));
-  if (box) {
-    const int lo_z = __reduce_min_sync(peers, z), lo_y = __reduce_min_sync(peers, y), lo_x = __reduce_min_sync(peers, x);
-    const int hi_z = __reduce_max_sync(peers, z), hi_y = __reduce_max_sync(peers, y), hi_x = __reduce_max_sync(peers, x);
-    const unsigned s_z = __reduce_add_sync(peers, unsigned(z)), s_y = __reduce_add_sync(peers, unsigned(y)),
-                   s_x = __reduce_add_sync(peers, unsigned(x));
-    if (leader) {
-      int* b = box + 6 * static_cast<long long>(l);
-      atomicMin(b + 0, lo_z), atomicMin(b + 1, lo_y), atomicMin(b + 2, lo_x);
-      atomicMax(b + 3, hi_z), atomicMax(b + 4, hi_y), atomicMax(b + 5, hi_x);
-      unsigned long long* s = sums + 3 * static_cast<long long>(l);
-      atomicAdd(s + 0, static_cast<unsigned long long>(s_z));
-      atomicAdd(s + 1, static_cast<unsigned long long>(s_y));
-      atomicAdd(s + 2, static_cast<unsigned long long>(s_x));
-    }
-  }
 #else
-  if (l <= 0) return;
-  atomicAdd(count + l, 1);
-  if (box) {
-    int* b = box + 6 * static_cast<long long>(l);
-    atomicMin(b + 0, z), atomicMin(b + 1, y), atomicMin(b + 2, x);
-    atomicMax(b + 3, z), atomicMax(b + 4, y), atomicMax(b + 5, x);
-    unsigned long long* s = sums + 3 * static_cast<long long>(l);
-    atomicAdd(s + 0, static_cast<unsigned long long>(z));
-    atomicAdd(s + 1, static_cast<unsigned long long>(y));
-    atomicAdd(s + 2, static_cast<unsigned long long>(x));
-  }
+  const unsigned peers = 1u << (threadIdx.x & 31);
+  const bool leader = true;
 #endif
+  if (l <= 0) return;
+  if (leader) atomicAdd(count + l, __popc(peers));
+  if (!box) return;
+  const unsigned at[3] = {unsigned(z), unsigned(y), unsigned(x)};
+  unsigned lo[3], hi[3], sum[3];
+#pragma unroll
+  for (int a = 0; a < 3; ++a) {
+    lo[a] = over_peers<Reduce::kMin>(peers, at[a]);
+    hi[a] = over_peers<Reduce::kMax>(peers, at[a]);
+    sum[a] = over_peers<Reduce::kSum>(peers, at[a]);
+  }
+  if (!leader) return;
+  int* b = box + 6 * static_cast<long long>(l);
+  unsigned long long* s = sums + 3 * static_cast<long long>(l);
+#pragma unroll
+  for (int a = 0; a < 3; ++a) {
+    atomicMin(b + a, int(lo[a]));
+    atomicMax(b + 3 + a, int(hi[a]));
+    atomicAdd(s + a, static_cast<unsigned long long>(sum[a]));
+  }
 }
 
 size_t align_up(size_t v) { return (v + 255) / 256 * 256; }
