@@ -80,6 +80,24 @@ def test_fast_mode_uses_lowres_one_fold_no_tta(zoo):
     assert [s.name for s in m.stages] == ["2d"] and len(m.stages[0].networks) == 1
 
 
+def test_network_passes_count_folds_mirrorings_and_cascade_stages(zoo, scans, tmp_path, capsys):
+    from autoliver.inference.predictor import PredictOptions, network_passes
+
+    tta, plain = PredictOptions(mirror=True), PredictOptions(mirror=False)
+    both = load_model(zoo, configurations=["3d_fullres", "2d"])
+    assert network_passes(both, tta) == 2 * 8 + 2 * 4 and network_passes(both, plain) == 4
+    cascade = load_model(zoo, configurations=["3d_cascade_fullres"])
+    assert network_passes(cascade, tta) == 2 * 8 + 2 * 8
+    assert network_passes(load_model(zoo, configurations=["3d_fullres"], fast=True), plain) == 1
+    # on a CPU the user is told, before the work starts, what --fast would save
+    predict(PredictRequest(input=scans, output=tmp_path / "o", model_dir=zoo, configurations=("3d_fullres",),
+                           device="cpu"))
+    assert "every tile runs 16 times" in capsys.readouterr().err
+    predict(PredictRequest(input=scans, output=tmp_path / "f", model_dir=zoo, configurations=("3d_fullres",),
+                           device="cpu", fast=True))
+    assert "every tile runs" not in capsys.readouterr().err
+
+
 def test_choice_file_drives_the_default_model(zoo, tmp_path):
     import shutil
 

@@ -108,6 +108,17 @@ def _mirror_axes(stage: StageModel, options: PredictOptions):
     return tuple(range(len(stage.configuration.patch_size)))
 
 
+def network_passes(model: Model, options: PredictOptions) -> int:
+    """Network evaluations per tile position: every fold of every configuration (and of a
+    cascade's first stage), times the mirrorings of test-time augmentation."""
+    total = 0
+    for stage in model.stages:
+        while stage is not None:
+            total += len(stage.folds) * 2 ** len(set(_mirror_axes(stage, options) or ()))
+            stage = stage.previous
+    return total
+
+
 def _slabs(n: int):
     for a in range(0, n, SLAB):
         yield slice(a, min(n, a + SLAB))

@@ -103,7 +103,7 @@ def predict(req: PredictRequest) -> int:
     import torch
 
     from autoliver.inference.model import load_model
-    from autoliver.inference.predictor import predict_cases
+    from autoliver.inference.predictor import network_passes, predict_cases
     from autoliver.postprocessing import NONE
 
     if req.step_size is not None and not 0 < req.step_size <= 1:
@@ -133,6 +133,13 @@ def predict(req: PredictRequest) -> int:
                      + (f"; {skipped} already done (--continue)" if skipped else ""))
         progress.say(f"model: {model.describe()}; step {step:g}, TTA {'on' if options.mirror else 'off'}, "
                      f"device {device}")
+        if device == "cpu" and not req.fast and todo:
+            passes = network_passes(model, options)
+            if passes > 1:
+                progress.say(f"predict: on a CPU every tile runs {passes} times (folds × mirrorings"
+                             f"{' × cascade stages' if any(s.previous for s in model.stages) else ''}); "
+                             "--fast runs it once, at low resolution where a 3d_lowres model is trained "
+                             "(seconds per CT instead of hours for a 3D ensemble)")
         t0 = time.perf_counter()
         failures = predict_cases(model, todo, output, options)
         elapsed = time.perf_counter() - t0
