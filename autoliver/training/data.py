@@ -22,6 +22,7 @@ network learns not to copy it blindly.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -158,8 +159,13 @@ class PatchBatches(torch.utils.data.Dataset):
                 prev = _perturb_masks(prev, self.aug.p_cascade_morphology, self.num_classes, rng)
             onehot = np.stack([prev == k for k in range(1, self.num_classes)], axis=1).astype(np.float32)
             x = np.concatenate((x, onehot), axis=1)
-        return {"data": torch.from_numpy(np.ascontiguousarray(x)), "target": torch.from_numpy(np.ascontiguousarray(target)),
-                "index": int(index)}
+        x, target = np.ascontiguousarray(x), np.ascontiguousarray(target)
+        # a fingerprint of exactly what was drawn (resume tests compare it), computed here in the
+        # worker: hashing a 3D batch costs tens of milliseconds, which the training loop would pay
+        digest = hashlib.blake2b(memoryview(x).cast("B"), digest_size=8)
+        digest.update(memoryview(target).cast("B"))
+        return {"data": torch.from_numpy(x), "target": torch.from_numpy(target), "index": int(index),
+                "digest": digest.digest()}
 
     # ---- one sample ---------------------------------------------------------------------------
     def _sample(self, i: int, force: bool, rng: np.random.Generator):

@@ -328,8 +328,7 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
             batch = next(loader)
             if it == 0:
                 first_batch_seconds = time.perf_counter() - t0
-            digest.update(batch["data"].numpy().tobytes())
-            digest.update(batch["target"].numpy().tobytes())
+            digest.update(batch["digest"])
             x = batch["data"].to(device, non_blocking=True)
             y = batch["target"].to(device, non_blocking=True)
             value, stepped = train_step(model, loss_fn, optimizer, scaler, x, y, recipe.grad_clip_norm, amp_dtype)
