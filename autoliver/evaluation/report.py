@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from autoliver.errors import UserError
-from autoliver.schema import atomic_write_bytes
 from autoliver.evaluation import pictures as P
 from autoliver.evaluation.lesions import LITS_CONNECTIVITY, _label
 from autoliver.evaluation.measurements import longest_axial_diameter
 from autoliver.evaluation.statistics import SegmentationStatistics, write_statistics
+from autoliver.schema import atomic_write_bytes
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from autoliver.errors import UserError
-from autoliver.schema import atomic_write_bytes
 from autoliver.evaluation.lesions import LITS_CONNECTIVITY, _label, match_one_to_one, overlap_matrix
 from autoliver.evaluation.recist import MAX_TARGETS_PER_ORGAN, RecistResult, recist_response
+from autoliver.schema import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 MAX_DISTANCE_MM = 15.0
@@ -377,4 +377,4 @@ def _write_outputs(out_dir: Path, result: TrackResult, transform, moved_labels, 
             handles += P.draw_view(axes[row][col], view, point, shown.spacing_zyx_mm, image=shown.array,
                                    outlines=outlines, title=f"{title}, {view}")
     atomic_write_bytes(out_dir / "comparison.png",
-                         P.png_bytes(fig, handles, f"RECIST 1.1: {result.recist.response} ({result.recist.reason})"))
+                       P.png_bytes(fig, handles, f"RECIST 1.1: {result.recist.response} ({result.recist.reason})"))

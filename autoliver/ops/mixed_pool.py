@@ -24,6 +24,7 @@ No padding, no ceil mode: the windows a U-Net's downsampling uses ((2, 2, 2), (1
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -199,7 +200,9 @@ def _cuda_lib():
     return try_load_cuda("mixed_pool", "using max_pool + avg_pool instead")
 
 
+@functools.lru_cache(maxsize=1)
 def _cuda_alpha_chunks() -> int:
+    """Partial sums per plane the CUDA backward writes (a constant of the kernel; asked once)."""
     lib = _cuda_lib()
     lib.autoliver_mixed_pool_alpha_chunks.restype = ctypes.c_int
     return int(lib.autoliver_mixed_pool_alpha_chunks())
