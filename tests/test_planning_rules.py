@@ -201,3 +201,45 @@ def test_lowres_coarsening_stops_at_the_spacing_cap():
     factor = max(lo / fu for lo, fu in zip(low.spacing_zyx_mm, full.spacing_zyx_mm))
     assert 3.5 < factor <= 4.0
     assert "coarsening stopped" in low.reasons["configuration"]
+
+
+def _coverage(c) -> float:
+    return math.prod(c.patch_size) / math.prod(c.median_shape_zyx)
+
+
+def test_cpu_preset_coarsens_3d_until_the_patch_sees_half_the_image():
+    f = fp([(120, 256, 256)] * 10, [(1.5, 0.8, 0.8)] * 10)
+    preset = load_preset("cpu")
+    assert preset.min_patch_coverage_3d == 0.5
+    cpu = plan_experiment(f, preset, CPU)
+    nnunet_rule = plan_experiment(f, replace(preset, min_patch_coverage_3d=0.0), CPU)
+    full, at_target = cpu.configurations["3d_fullres"], nnunet_rule.configurations["3d_fullres"]
+    assert at_target.spacing_zyx_mm == (1.5, 0.8, 0.8) and _coverage(at_target) < 0.1
+    assert _coverage(full) >= 0.5
+    assert all(c > t for c, t in zip(full.spacing_zyx_mm, at_target.spacing_zyx_mm))
+    assert max(c / t for c, t in zip(full.spacing_zyx_mm, at_target.spacing_zyx_mm)) <= preset.lowres_max_spacing_factor
+    assert full.estimated_seconds_per_iteration <= preset.cpu_seconds_per_iteration and divisible(full)
+    assert "min_patch_coverage_3d 50%" in full.reasons["configuration"]
+    # the coarse 3d_fullres already sees enough: no cascade; 2d keeps the target spacing
+    assert "3d_lowres" not in cpu.configurations and "3d_cascade_fullres" not in cpu.configurations
+    assert "covers" in cpu.reasons["3d_lowres"]
+    assert {"3d_lowres", "3d_cascade_fullres"} <= set(nnunet_rule.configurations)
+    assert cpu.configurations["2d"].spacing_zyx_mm == at_target.spacing_zyx_mm
+    # the GPU presets keep nnU-Net's rule: always the median spacing
+    assert plan_experiment(f, PlannerPreset(), GPU8).configurations["3d_fullres"].spacing_zyx_mm == (1.5, 0.8, 0.8)
+    with pytest.raises(UserError, match="min_patch_coverage_3d"):
+        preset_from_dict({"name": "bad", "min_patch_coverage_3d": 1.0})
+
+
+def test_cpu_preset_coarsens_the_convlstm_plan_too():
+    f = fp([(40, 128, 128)] * 6, [(3.0, 1.5, 1.5)] * 6, modality="MRI", channel_names=("pre", "art", "pv", "del"),
+           num_phases=4)
+    c = plan_experiment(f, load_preset("cpu"), CPU).configurations["3d_convlstm"]
+    assert c.network.architecture == "convlstm_unet" and _coverage(c) >= 0.5
+    assert c.spacing_zyx_mm[1] > 1.5 and "min_patch_coverage_3d" in c.reasons["configuration"]
+    # where even 4× coarser is not enough, the search stops there and says so
+    big = fp([(64, 192, 192)] * 6, [(2.0, 1.2, 1.2)] * 6, modality="MRI", channel_names=("pre", "art", "pv", "del"),
+             num_phases=4)
+    capped = plan_experiment(big, load_preset("cpu"), CPU).configurations["3d_convlstm"]
+    assert _coverage(capped) < 0.5 and "coarsening stopped at 4×" in capped.reasons["configuration"]
+    assert max(s / t for s, t in zip(capped.spacing_zyx_mm, (2.0, 1.2, 1.2))) <= 4.0

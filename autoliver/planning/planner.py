@@ -69,6 +69,11 @@ def resampled_shapes(spacings: np.ndarray, shapes: np.ndarray, target) -> np.nda
     return np.rint(shapes * spacings / np.asarray(target)).astype(np.int64)
 
 
+def _coverage(config: Configuration) -> float:
+    """The fraction of the configuration's median image one patch covers."""
+    return math.prod(config.patch_size) / math.prod(config.median_shape_zyx)
+
+
 def _is_anisotropic(spacing, threshold: float) -> bool:
     return max(spacing) / min(spacing) > threshold
 
@@ -292,17 +297,17 @@ class _Planner:
             plan_reasons["3d"] = "skipped: the images are 2D (median of one slice)"
         fullres = None
         if is3d and ("3d_fullres" in wanted or "3d_lowres" in wanted):
-            fullres = self.configuration("3d_fullres", target, median, approx_voxels, architecture=arch,
-                                         in_channels=self.channels)
+            fullres, why = self.full_resolution("3d_fullres", target, median, approx_voxels, architecture=arch,
+                                                in_channels=self.channels)
             if "3d_fullres" in wanted:
-                configs["3d_fullres"] = replace(fullres, reasons={"configuration": "3D U-Net at the target spacing",
-                                                                  **fullres.reasons})
+                configs["3d_fullres"] = replace(fullres, reasons={"configuration": f"3D U-Net {why}", **fullres.reasons})
         if fullres is not None and "3d_lowres" in wanted:
-            lowres = self.lowres(fullres, target, median, plan_reasons)
+            lowres = self.lowres(fullres, plan_reasons)
             if lowres is not None:
                 configs["3d_lowres"] = lowres
                 if "3d_cascade_fullres" in wanted:
-                    cascade = self.configuration("3d_cascade_fullres", target, median, approx_voxels,
+                    cascade = self.configuration("3d_cascade_fullres", fullres.spacing_zyx_mm,
+                                                 fullres.median_shape_zyx, approx_voxels,
                                                  architecture=arch, in_channels=self.channels + self.num_classes - 1,
                                                  previous_stage="3d_lowres")
                     configs["3d_cascade_fullres"] = replace(cascade, reasons={
@@ -319,11 +324,12 @@ class _Planner:
                                                "ConvLSTM network takes one channel per phase")
             elif fp.num_phases > 1 and is3d:
                 # The network's input channels are the phases, one image channel each.
-                cl = self.configuration("3d_convlstm", target, median, approx_voxels, architecture="convlstm_unet",
-                                        in_channels=fp.num_phases, phases=fp.num_phases)
+                cl, why = self.full_resolution("3d_convlstm", target, median, approx_voxels,
+                                               architecture="convlstm_unet", in_channels=fp.num_phases,
+                                               phases=fp.num_phases)
                 configs["3d_convlstm"] = replace(cl, reasons={
                     "configuration": f"{fp.num_phases} time phases: a shared 3D encoder per phase, ConvLSTM over the "
-                                     "phases, one decoder", **cl.reasons})
+                                     f"phases, one decoder; {why}", **cl.reasons})
             else:
                 plan_reasons["3d_convlstm"] = "skipped: the dataset has one time phase" if fp.num_phases <= 1 else \
                     "skipped: 2D images"
@@ -338,39 +344,61 @@ class _Planner:
                     device=self.budget.device, memory_budget_bytes=self.usable, configurations=ordered,
                     reasons=plan_reasons)
 
-    def lowres(self, fullres: Configuration, target, median, plan_reasons) -> Configuration | None:
-        """nnU-Net's 3d_lowres search: while the fullres patch covers < threshold of the median
-        image, coarsen the spacing by 3 % — only the axes more than 2× finer than the coarsest while
-        there are such, then all — and plan again at the coarser grid."""
+    def coarsened(self, name: str, target, median, threshold: float, **kwargs) -> tuple[Configuration | None, bool]:
+        """nnU-Net's 3d_lowres search: coarsen the spacing by ``lowres_spacing_step`` — only the axes more
+        than 2× finer than the coarsest while there are such, then all — and plan ``name`` again at
+        the coarser grid, until its patch covers ≥ ``threshold`` of the median image there or the
+        spacing would pass ``lowres_max_spacing_factor`` × ``target``. (configuration or None, capped)."""
         p = self.preset
-        median_voxels = float(math.prod(median))
-        coverage = math.prod(fullres.patch_size) / median_voxels
+        spacing = np.array(target, dtype=np.float64)
+        config = None
+        for _ in range(200):
+            if config is not None and _coverage(config) >= threshold:
+                return config, False
+            fine = spacing.max() / spacing > 2
+            step = np.where(fine, p.lowres_spacing_step, 1.0) if fine.any() else np.full(3, p.lowres_spacing_step)
+            if (spacing * step / np.asarray(target)).max() > p.lowres_max_spacing_factor:
+                break
+            spacing = spacing * step
+            shape = np.asarray(target) / spacing * np.asarray(median)
+            config = self.configuration(name, tuple(float(s) for s in spacing), tuple(int(round(s)) for s in shape),
+                                        float(np.prod(shape)) * self.fp.num_cases, **kwargs)
+        return config, config is not None
+
+    def full_resolution(self, name: str, target, median, approx_voxels: float, **kwargs) -> tuple[Configuration, str]:
+        """``name`` at the target spacing — or, where the preset asks for a minimum patch coverage
+        (``min_patch_coverage_3d``, the ``cpu`` preset) that the budget's patch misses there, at the
+        coarser spacing whose patch covers it. Returns (configuration, why this spacing)."""
+        config = self.configuration(name, target, median, approx_voxels, **kwargs)
+        want = self.preset.min_patch_coverage_3d
+        coverage = _coverage(config)
+        if coverage >= want:
+            return config, "at the target spacing"
+        coarse, capped = self.coarsened(name, target, median, want, **kwargs)
+        if coarse is None:
+            return config, "at the target spacing"
+        factor = max(a / b for a, b in zip(coarse.spacing_zyx_mm, target))
+        return coarse, (f"at a spacing up to {factor:.2f}× coarser than the target: there the patch the budget allows "
+                        f"covers only {coverage:.1%} of the median image, here {_coverage(coarse):.0%} (preset "
+                        f"{self.preset.name}: min_patch_coverage_3d {want:.0%}"
+                        + (f", coarsening stopped at {self.preset.lowres_max_spacing_factor:g}×" if capped else "") + ")")
+
+    def lowres(self, fullres: Configuration, plan_reasons) -> Configuration | None:
+        """3d_lowres: while the 3d_fullres patch covers < ``lowres_creation_threshold`` of the median
+        image, plan at a coarser spacing (:meth:`coarsened`) — nnU-Net's first cascade stage."""
+        p = self.preset
+        coverage = _coverage(fullres)
         if coverage >= p.lowres_creation_threshold:
             plan_reasons["3d_lowres"] = (f"skipped: the 3d_fullres patch covers {coverage:.0%} of the median image "
                                          f"(≥ {p.lowres_creation_threshold:.0%})")
             return None
-        spacing = np.array(target, dtype=np.float64)
-        lowres = None
-        lowres_voxels = median_voxels
-        capped = False
-        for _ in range(200):
-            if lowres is not None and math.prod(lowres.patch_size) / lowres_voxels >= p.lowres_creation_threshold:
-                break
-            fine = spacing.max() / spacing > 2
-            step = np.where(fine, p.lowres_spacing_step, 1.0) if fine.any() else np.full(3, p.lowres_spacing_step)
-            if (spacing * step / np.asarray(target)).max() > p.lowres_max_spacing_factor:
-                capped = lowres is not None
-                break
-            spacing = spacing * step
-            shape = np.asarray(target) / spacing * np.asarray(median)
-            lowres_voxels = float(np.prod(shape))
-            lowres = self.configuration("3d_lowres", tuple(float(s) for s in spacing),
-                                        tuple(int(round(s)) for s in shape), lowres_voxels * self.fp.num_cases,
+        target, median = fullres.spacing_zyx_mm, fullres.median_shape_zyx
+        lowres, capped = self.coarsened("3d_lowres", target, median, p.lowres_creation_threshold,
                                         architecture=p.architecture, in_channels=self.channels)
         if lowres is None:
             plan_reasons["3d_lowres"] = "skipped: the spacing cannot be coarsened within lowres_max_spacing_factor"
             return None
-        ratio = median_voxels / lowres_voxels
+        ratio = math.prod(median) / math.prod(lowres.median_shape_zyx)
         if ratio < p.lowres_min_shape_ratio:
             plan_reasons["3d_lowres"] = (f"skipped: its images would be only {ratio:.2f}× smaller than 3d_fullres's "
                                          f"(< {p.lowres_min_shape_ratio:g}×)")
@@ -379,7 +407,7 @@ class _Planner:
         return replace(lowres, reasons={
             "configuration": (f"the 3d_fullres patch covers only {coverage:.1%} of the median image (< "
                               f"{p.lowres_creation_threshold:.0%}): first cascade stage at a coarser spacing, whose "
-                              f"patch covers {math.prod(lowres.patch_size) / lowres_voxels:.0%}{note}"), **lowres.reasons})
+                              f"patch covers {_coverage(lowres):.0%}{note}"), **lowres.reasons})
 
     def assign_data_identifiers(self, configs: dict[str, Configuration]) -> dict[str, Configuration]:
         """Configurations with identical preprocessing share one preprocessed folder."""

@@ -6,10 +6,12 @@ CT: liver 50-70 HU, spleen within -5..+15 HU of the liver (a classic false posit
 
 DCE-MRI: four phases (pre-contrast, arterial, portal, delayed) of a fat-suppressed T1 sequence in
 arbitrary units (no HU). Values are relative to the liver's pre-contrast signal. Tumours follow
-the liver's curve times (1 + m × pattern), m 5-9 %: in any single phase they differ from the liver
-by less than the liver's own texture (same in all phases), so one phase barely shows them, while
-the ratio between phases (arterial / delayed, or post / pre) cancels that texture and reveals the
-wash-in / wash-out.
+the liver's curve times (1 + m × pattern), m 20-35 %, with the patterns of the common lesions:
+hypervascular (HCC-like) tumours light up in the arterial phase and wash out in the delayed phase,
+fibrous ones enhance late; both are iso-intense with the liver before contrast and in the portal
+phase, so a single portal-phase scan does not show them, only the series does. Metastasis-like
+hypo-enhancing tumours are darker than the liver in every post-contrast phase. The liver's own
+texture (7-11 %, identical in every phase) cancels in the ratio between phases.
 """
 from __future__ import annotations
 
@@ -46,12 +48,12 @@ MRI_SIGNAL = {
 }
 # Tumour signal = liver signal × (1 + m × pattern[phase]); m is the tumour's ``mri_contrast``.
 TUMOUR_KINETICS = {
-    "washout": (0.0, 1.0, 0.0, -1.0),  # hypervascular (HCC-like): arterial wash-in, delayed wash-out
-    "progressive": (0.0, -1.0, 0.0, 1.0),  # fibrous (cholangiocarcinoma-like): slow, late enhancement
+    "washout": (0.0, 1.0, 0.0, -0.5),  # hypervascular (HCC-like): arterial wash-in, delayed wash-out
+    "progressive": (0.0, -0.5, 0.0, 0.5),  # fibrous (cholangiocarcinoma-like): slow, late enhancement
     "hypoenhancing": (0.0, -0.5, -1.0, -1.0),  # metastasis-like: enhances less than the liver
 }
 KINETICS_WEIGHTS = {"washout": 0.5, "progressive": 0.25, "hypoenhancing": 0.25}
-MRI_CONTRAST = (0.05, 0.09)
+MRI_CONTRAST = (0.20, 0.35)
 CT_CONTRAST_HU = (10.0, 40.0)
 
 
@@ -83,5 +85,5 @@ def draw_mri_luts(rng: np.random.Generator, tumours) -> np.ndarray:
     for i, tum in enumerate(tumours):
         rel = 1.0 + tum.mri_contrast * np.asarray(TUMOUR_KINETICS[tum.kinetics])
         luts[:, T.TUMOUR + i] = luts[:, T.LIVER] * rel
-        luts[:, T.TUMOUR_CORE + i] = luts[:, T.TUMOUR + i]  # no necrosis signal: keep tumours iso per phase
+        luts[:, T.TUMOUR_CORE + i] = luts[:, T.TUMOUR + i]  # no necrosis signal in the MRI phases
     return luts
