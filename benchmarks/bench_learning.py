@@ -8,7 +8,7 @@
   (portal venous, the phase a single-phase CT protocol would give), each trained for the same
   minutes on the same fold: the validation tumour Dice of both (target: ConvLSTM higher).
 
-Every step runs through the real CLI in its own process. The run takes about 40 minutes on
+Every step runs through the real CLI in its own process. The run takes about 55 minutes on
 2 cores; it is a benchmark, not a test, and is run on purpose:
 
     python -m pytest benchmarks/bench_learning.py --benchmark-only -s
