@@ -88,15 +88,16 @@ def original_grid_dice(root: Path, dataset: str, fold: Path) -> dict:
     (what a user gets back, whatever grid the plan trains on) against the raw reference labels:
     liver = labels >= 1, tumour = label 2; a case where both are empty is left out."""
     from autoliver.io import read_image
+    from autoliver.training.validation import dice
 
     per: dict[str, list] = {"liver": [], "tumour": []}
     for pred in sorted((fold / "validation").glob("*.nii.gz")):
         ref, got = read_image(root / "raw" / dataset / "labelsTr" / pred.name).array, read_image(pred).array
         assert ref.shape == got.shape, pred
         for region, lowest in (("liver", 1), ("tumour", 2)):
-            r, p = ref >= lowest, got >= lowest
-            if r.any() or p.any():
-                per[region].append(2.0 * np.count_nonzero(r & p) / (np.count_nonzero(r) + np.count_nonzero(p)))
+            score = dice(got >= lowest, ref >= lowest)
+            if score is not None:
+                per[region].append(score)
     return {k: float(np.mean(v)) if v else None for k, v in per.items()}
 
 

@@ -11,7 +11,7 @@ from autoliver.errors import UserError
 from autoliver.fingerprint.fingerprint import IntensityStats, fingerprint_from_geometry
 from autoliver.planning import memory
 from autoliver.planning.budget import DEFAULT_CPU_SPEED, Budget
-from autoliver.planning.planner import plan_experiment
+from autoliver.planning.planner import patch_coverage, plan_experiment
 from autoliver.planning.presets import PlannerPreset, load_preset, preset_from_dict
 from autoliver.planning.topology import fit_patch, pool_and_kernel_topology
 
@@ -203,10 +203,6 @@ def test_lowres_coarsening_stops_at_the_spacing_cap():
     assert "coarsening stopped" in low.reasons["configuration"]
 
 
-def _coverage(c) -> float:
-    return math.prod(c.patch_size) / math.prod(c.median_shape_zyx)
-
-
 def test_cpu_preset_coarsens_3d_until_the_patch_sees_half_the_image():
     f = fp([(120, 256, 256)] * 10, [(1.5, 0.8, 0.8)] * 10)
     preset = load_preset("cpu")
@@ -214,8 +210,8 @@ def test_cpu_preset_coarsens_3d_until_the_patch_sees_half_the_image():
     cpu = plan_experiment(f, preset, CPU)
     nnunet_rule = plan_experiment(f, replace(preset, min_patch_coverage_3d=0.0), CPU)
     full, at_target = cpu.configurations["3d_fullres"], nnunet_rule.configurations["3d_fullres"]
-    assert at_target.spacing_zyx_mm == (1.5, 0.8, 0.8) and _coverage(at_target) < 0.1
-    assert _coverage(full) >= 0.5
+    assert at_target.spacing_zyx_mm == (1.5, 0.8, 0.8) and patch_coverage(at_target) < 0.1
+    assert patch_coverage(full) >= 0.5
     assert all(c > t for c, t in zip(full.spacing_zyx_mm, at_target.spacing_zyx_mm))
     assert max(c / t for c, t in zip(full.spacing_zyx_mm, at_target.spacing_zyx_mm)) <= preset.lowres_max_spacing_factor
     assert full.estimated_seconds_per_iteration <= preset.cpu_seconds_per_iteration and divisible(full)
@@ -235,11 +231,11 @@ def test_cpu_preset_coarsens_the_convlstm_plan_too():
     f = fp([(40, 128, 128)] * 6, [(3.0, 1.5, 1.5)] * 6, modality="MRI", channel_names=("pre", "art", "pv", "del"),
            num_phases=4)
     c = plan_experiment(f, load_preset("cpu"), CPU).configurations["3d_convlstm"]
-    assert c.network.architecture == "convlstm_unet" and _coverage(c) >= 0.5
+    assert c.network.architecture == "convlstm_unet" and patch_coverage(c) >= 0.5
     assert c.spacing_zyx_mm[1] > 1.5 and "min_patch_coverage_3d" in c.reasons["configuration"]
     # where even 4× coarser is not enough, the search stops there and says so
     big = fp([(64, 192, 192)] * 6, [(2.0, 1.2, 1.2)] * 6, modality="MRI", channel_names=("pre", "art", "pv", "del"),
              num_phases=4)
     capped = plan_experiment(big, load_preset("cpu"), CPU).configurations["3d_convlstm"]
-    assert _coverage(capped) < 0.5 and "coarsening stopped at 4×" in capped.reasons["configuration"]
+    assert patch_coverage(capped) < 0.5 and "coarsening stopped at 4×" in capped.reasons["configuration"]
     assert max(s / t for s, t in zip(capped.spacing_zyx_mm, (2.0, 1.2, 1.2))) <= 4.0

@@ -69,7 +69,7 @@ def resampled_shapes(spacings: np.ndarray, shapes: np.ndarray, target) -> np.nda
     return np.rint(shapes * spacings / np.asarray(target)).astype(np.int64)
 
 
-def _coverage(config: Configuration) -> float:
+def patch_coverage(config: Configuration) -> float:
     """The fraction of the configuration's median image one patch covers."""
     return math.prod(config.patch_size) / math.prod(config.median_shape_zyx)
 
@@ -353,7 +353,7 @@ class _Planner:
         spacing = np.array(target, dtype=np.float64)
         config = None
         for _ in range(200):
-            if config is not None and _coverage(config) >= threshold:
+            if config is not None and patch_coverage(config) >= threshold:
                 return config, False
             fine = spacing.max() / spacing > 2
             step = np.where(fine, p.lowres_spacing_step, 1.0) if fine.any() else np.full(3, p.lowres_spacing_step)
@@ -371,7 +371,7 @@ class _Planner:
         coarser spacing whose patch covers it. Returns (configuration, why this spacing)."""
         config = self.configuration(name, target, median, approx_voxels, **kwargs)
         want = self.preset.min_patch_coverage_3d
-        coverage = _coverage(config)
+        coverage = patch_coverage(config)
         if coverage >= want:
             return config, "at the target spacing"
         coarse, capped = self.coarsened(name, target, median, want, **kwargs)
@@ -379,7 +379,7 @@ class _Planner:
             return config, "at the target spacing"
         factor = max(a / b for a, b in zip(coarse.spacing_zyx_mm, target))
         return coarse, (f"at a spacing up to {factor:.2f}× coarser than the target: there the patch the budget allows "
-                        f"covers only {coverage:.1%} of the median image, here {_coverage(coarse):.0%} (preset "
+                        f"covers only {coverage:.1%} of the median image, here {patch_coverage(coarse):.0%} (preset "
                         f"{self.preset.name}: min_patch_coverage_3d {want:.0%}"
                         + (f", coarsening stopped at {self.preset.lowres_max_spacing_factor:g}×" if capped else "") + ")")
 
@@ -387,7 +387,7 @@ class _Planner:
         """3d_lowres: while the 3d_fullres patch covers < ``lowres_creation_threshold`` of the median
         image, plan at a coarser spacing (:meth:`coarsened`) — nnU-Net's first cascade stage."""
         p = self.preset
-        coverage = _coverage(fullres)
+        coverage = patch_coverage(fullres)
         if coverage >= p.lowres_creation_threshold:
             plan_reasons["3d_lowres"] = (f"skipped: the 3d_fullres patch covers {coverage:.0%} of the median image "
                                          f"(≥ {p.lowres_creation_threshold:.0%})")
@@ -407,7 +407,7 @@ class _Planner:
         return replace(lowres, reasons={
             "configuration": (f"the 3d_fullres patch covers only {coverage:.1%} of the median image (< "
                               f"{p.lowres_creation_threshold:.0%}): first cascade stage at a coarser spacing, whose "
-                              f"patch covers {_coverage(lowres):.0%}{note}"), **lowres.reasons})
+                              f"patch covers {patch_coverage(lowres):.0%}{note}"), **lowres.reasons})
 
     def assign_data_identifiers(self, configs: dict[str, Configuration]) -> dict[str, Configuration]:
         """Configurations with identical preprocessing share one preprocessed folder."""
