@@ -18,8 +18,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
-    pytest.importorskip("autoliver.planning.api", reason="the planner is not part of this build")
-    pytest.importorskip("autoliver.fingerprint.api", reason="the fingerprint stage is not part of this build")
     work = tmp_path / "demo"
     args = ["demo", "--workdir", str(work), "--train-cases", "4", "--test-cases", "2", "--shape", "24", "48", "48",
             "--epochs", "2", "--iters", "2", "--disable-tta", "-np", "1", "--no-progress"]

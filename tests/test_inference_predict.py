@@ -203,12 +203,15 @@ def test_sigkill_mid_run_leaves_no_partial_output_and_continue_finishes(model_di
            "--no-progress", "--num-threads", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out.is_dir() and list(out.glob("*.nii.gz"))):
+    def final_names():  # a temporary name is hidden (".c2.nii.gz.tmp….nii.gz") but also ends in .nii.gz
+        return sorted(p for p in out.glob("*.nii.gz") if not p.name.startswith(".")) if out.is_dir() else []
+
+    while time.time() < deadline and not final_names():
         time.sleep(0.05)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = sorted(out.glob("*.nii.gz"))
+    finished = final_names()
     visible = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert 1 <= len(finished) < 8, "the run was not killed mid-way; make the cases slower"
     assert sorted(visible) == finished  # only complete segmentations carry final names

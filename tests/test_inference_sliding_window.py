@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage, stats
 
 from autoliver.inference.sliding_window import (gaussian_1d, importance_map, predict_logits, tile_starts,
                                                 weight_sum_1d)
@@ -37,16 +38,43 @@ class PositionDependent(torch.nn.Module):
         return self.conv(x) + ramp
 
 
+def nnunet_steps(size: int, patch: int, step_size: float) -> list[int]:
+    """Tile starts by nnU-Net v2's rule (compute_steps_for_sliding_window), written out here so the
+    tests do not check tile_starts against itself."""
+    num = int(np.ceil((size - patch) / (step_size * patch))) + 1
+    if num == 1:
+        return [0]
+    step = (size - patch) / (num - 1)
+    return [int(np.round(step * i)) for i in range(num)]
+
+
+def scipy_importance_map(patch, sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """The Gaussian importance map from scipy: for odd patch sizes nnU-Net's own construction (a
+    delta at the centre blurred by gaussian_filter, peak scaled to 1); for even sizes the normal
+    density centred between the two middle voxels (autoliver's map is symmetric; nnU-Net centres
+    at patch // 2, half a voxel off)."""
+    if all(p % 2 for p in patch):
+        delta = np.zeros(patch)
+        delta[tuple(p // 2 for p in patch)] = 1
+        g = ndimage.gaussian_filter(delta, [p * sigma_scale for p in patch], 0, mode="constant", cval=0, truncate=8)
+        return g / g.max()
+    out = np.ones(())
+    for p in patch:
+        d = stats.norm.pdf(np.arange(p), loc=(p - 1) / 2, scale=p * sigma_scale)
+        out = np.multiply.outer(out, d / d.max())
+    return out
+
+
 def reference_logits(network, data: np.ndarray, patch, step_size: float, flips=()) -> np.ndarray:
     """Plain full-volume aggregation (nnU-Net's way): weighted sum and weight volume, then divide."""
     c, *shape = data.shape
     dims = len(patch)
-    gmap = importance_map(patch).astype(np.float64)
+    gmap = scipy_importance_map(patch)
     if dims == 2:
         per_slice = [reference_logits(network, data[:, z][:, None], (1, *patch), step_size, flips)[:, 0]
                      for z in range(shape[0])]
         return np.stack(per_slice, 1)
-    starts = [tile_starts(s, p, step_size) for s, p in zip(shape, patch)]
+    starts = [nnunet_steps(s, p, step_size) for s, p in zip(shape, patch)]
     num, den = None, np.zeros(shape)
     flip_sets = [f for r in range(len(flips) + 1) for f in itertools.combinations([a + 2 for a in flips], r)]
     for z0, y0, x0 in itertools.product(*starts):
@@ -80,6 +108,9 @@ def test_tiles_cover_every_voxel_exactly_once_or_more_and_stay_inside(patch, ext
     size = patch + extra
     starts = tile_starts(size, patch, step)
     assert starts[0] == 0 and starts[-1] == size - patch
+    nnunet = nnunet_steps(size, patch, step)
+    if len(set(nnunet)) == len(nnunet):  # nnU-Net repeats starts when step × patch < 1 voxel; we do not
+        assert starts == nnunet
     assert starts == sorted(set(starts))
     cover = np.zeros(size, int)
     for s in starts:
@@ -225,12 +256,36 @@ def test_float16_output_and_tensor_in_tensor_out():
     np.testing.assert_allclose(out.float().numpy()[:1], data.numpy(), atol=2e-3)
 
 
-def test_gaussian_is_symmetric_with_unit_peak():
-    g = gaussian_1d(9)
-    np.testing.assert_allclose(g, g[::-1])
-    assert g.max() == pytest.approx(1.0) and g.min() > 0
-    m = importance_map((4, 6, 5))
-    assert m.shape == (4, 6, 5) and m.dtype == np.float32
+@pytest.mark.parametrize("patch", [(9, 9, 9), (5, 17, 33), (4, 6, 5), (16, 128, 128), (1, 7, 8)])
+def test_importance_map_equals_scipy_gaussian(patch):
+    m = importance_map(patch)
+    assert m.shape == patch and m.dtype == np.float32 and m.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(m, scipy_importance_map(patch), rtol=1e-5, atol=1e-7)
+    # centre voxels count most: a corner of a 128-voxel axis weighs exp(-0.5 × 4²) of the centre
+    np.testing.assert_allclose(gaussian_1d(129)[[0, 64]], [np.exp(-0.5 * (64 / (129 / 8)) ** 2), 1.0], rtol=1e-9)
+
+
+class RecordsTiles(torch.nn.Module):
+    """Input channels are the voxel coordinates (z, y, x); records where each tile starts."""
+
+    def __init__(self):
+        super().__init__()
+        self.origins = []
+
+    def forward(self, x):
+        for tile in x:
+            self.origins.append(tuple(int(v) for v in tile[:, 0, 0, 0]))
+        return x[:, :1] * 0
+
+
+@pytest.mark.parametrize("shape,patch,step", [((23, 31, 29), (8, 12, 10), 0.5), ((40, 17, 65), (16, 16, 16), 0.33),
+                                              ((12, 12, 12), (12, 12, 12), 0.5), ((57, 20, 31), (10, 7, 30), 0.9)])
+def test_tiles_are_placed_where_nnunet_places_them(shape, patch, step):
+    coords = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")).astype(np.float32)
+    net = RecordsTiles()
+    predict_logits(net, coords, patch, step_size=step, batch_size=3)
+    expected = list(itertools.product(*[nnunet_steps(s, p, step) for s, p in zip(shape, patch)]))
+    assert net.origins == expected  # every tile once, in z-major order, at nnU-Net's starts
 
 
 def test_rejects_bad_arguments():

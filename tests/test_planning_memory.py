@@ -23,6 +23,7 @@ from autoliver.planning.memory import CpuSpeed, count_parameters, estimate_memor
 from autoliver.planning.planner import plan_experiment
 from autoliver.planning.presets import preset_from_dict
 from autoliver.schema import to_jsonable
+from autoliver.training import networks
 
 PROBE = r"""
 import json, resource, sys
@@ -119,14 +120,12 @@ def _measure(config, device="cpu"):
 
 
 def test_parameter_count_matches_build_network():
-    networks = pytest.importorskip("autoliver.training.networks", reason="the training stage's networks are not built")
     for _, config in _jobs():
         net = networks.build_network(config.network)
         assert count_parameters(config.network) == sum(p.numel() for p in net.parameters())
 
 
 def test_estimate_within_25_percent_of_peak_rss():
-    pytest.importorskip("autoliver.training.networks", reason="the training stage's networks are not built")
     jobs = _jobs()
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda j: _measure(j[1]), jobs))
@@ -146,7 +145,6 @@ def test_estimate_within_25_percent_of_peak_rss():
 def test_estimate_covers_cuda_peak_with_bounded_headroom():
     """On a GPU an estimate below the peak means an out-of-memory error mid-training: never under,
     and at most 1.5 × (the planned headroom; 1.13–1.38 × measured on an H100)."""
-    pytest.importorskip("autoliver.training.networks", reason="the training stage's networks are not built")
     for name, config in _jobs():
         measured = _measure(config, device="cuda")["peak"]
         estimate = estimate_training_bytes(config, device="cuda")

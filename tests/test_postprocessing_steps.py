@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from autoliver.ops import crf
 from autoliver.postprocessing import NONE, Postprocessing, postprocess
 from autoliver.postprocessing import components as comps
 from autoliver.postprocessing import steps
@@ -140,7 +141,6 @@ def test_postprocess_recipe_composes_and_none_is_argmax(liver_case):
 
 
 def test_crf_step_runs_and_cleans_noise():
-    crf = pytest.importorskip("autoliver.ops.crf")
     params = crf.CRFParams(appearance_intensity_sigma=0.1, appearance_sigma_mm=10.0, appearance_weight=3.0)
     shape = (12, 24, 24)
     organ = ball(shape, (6, 12, 12), 7)

@@ -219,8 +219,6 @@ def test_memory_estimate_covers_a_large_ct():
 
 
 def test_plan_and_preprocess_runs_every_stage(autoliver_dirs, capsys):
-    pytest.importorskip("autoliver.fingerprint.api", reason="the fingerprint stage is not in this build")
-    pytest.importorskip("autoliver.planning.api", reason="the planning stage is not in this build")
     write_dataset(autoliver_dirs["raw"], 2, shape=(24, 64, 64))
     rc = main(["plan_and_preprocess", "-d", "Phantom", "-np", "1", "--no-progress", "--preset", "cpu"])
     err = capsys.readouterr().err

@@ -3,6 +3,8 @@
 ``load(name)`` imports ``autoliver._ext.<name>`` (built from ``csrc/cpu/<name>.cpp``). When it is
 missing — no compiler at install time, or ``AUTOLIVER_DISABLE_EXT=1`` — it returns None and warns
 once, and the op's Python face uses its reference implementation instead.
+``AUTOLIVER_REQUIRE_EXT=1`` turns a missing kernel into an error (CI sets it: a build that lost its
+kernels must fail, not quietly test the reference against itself).
 
 Threads: ``AUTOLIVER_NUM_THREADS`` (default: all cores the process may use) or ``set_num_threads``.
 """
@@ -22,6 +24,11 @@ def load(name: str):
     try:
         return importlib.import_module(f"autoliver._ext.{name}")
     except ImportError as e:
+        if os.environ.get("AUTOLIVER_REQUIRE_EXT", "0") == "1":
+            raise RuntimeError(
+                f"autoliver: compiled kernel {name!r} is not available ({e}) and AUTOLIVER_REQUIRE_EXT=1 "
+                "requires it. Reinstall with a C++ compiler and OpenMP (pip install -e .) and read the build log."
+            ) from e
         if name not in _WARNED:
             _WARNED.add(name)
             warnings.warn(
