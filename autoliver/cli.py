@@ -57,8 +57,9 @@ def add_dataset_arg(p, required: bool = True) -> None:
 
 def add_folder_args(p, *kinds: str) -> None:
     for kind in kinds:
+        fallback = " or $nnUNet_raw" if kind == "raw" else ""
         p.add_argument(f"--{kind}-dir", default=None,
-                       help=f"{kind} folder (default: $AUTOLIVER_{kind.upper()} or ~/autoliver_data/{kind})")
+                       help=f"{kind} folder (default: $AUTOLIVER_{kind.upper()}{fallback} or ~/autoliver_data/{kind})")
 
 
 def add_progress_arg(p) -> None:

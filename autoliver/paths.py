@@ -2,7 +2,10 @@
 
 Three folders, as in nnU-Net: raw datasets, preprocessed data, trained results. Each comes from a
 flag if given, else from ``AUTOLIVER_RAW`` / ``AUTOLIVER_PREPROCESSED`` / ``AUTOLIVER_RESULTS``,
-else from ``~/autoliver_data/{raw,preprocessed,results}``.
+else — for raw datasets only — from nnU-Net's ``nnUNet_raw`` (the raw layout is nnU-Net v2's, so an
+nnU-Net user's datasets are found where they already are; nnU-Net's preprocessed data and results
+are formats of its own and are never read as autoliver's), else from
+``~/autoliver_data/{raw,preprocessed,results}``.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from pathlib import Path
 from autoliver.errors import UserError
 
 ENV = {"raw": "AUTOLIVER_RAW", "preprocessed": "AUTOLIVER_PREPROCESSED", "results": "AUTOLIVER_RESULTS"}
+# nnU-Net's variables that autoliver falls back to: only where the folder's format is the same.
+NNUNET_ENV = {"raw": "nnUNet_raw"}
 DATASET_RE = re.compile(r"^Dataset(\d{3})_(\w+)$")
 
 
@@ -21,11 +26,14 @@ def default_root(kind: str) -> Path:
 
 
 def root(kind: str, override: str | os.PathLike | None = None) -> Path:
-    """The folder for ``kind`` ('raw', 'preprocessed' or 'results'): flag > environment > default."""
+    """The folder for ``kind`` ('raw', 'preprocessed' or 'results'): flag > AUTOLIVER_* > nnUNet_raw
+    (raw only) > default."""
     if override:
         return Path(override).expanduser()
-    env = os.environ.get(ENV[kind])
-    return Path(env).expanduser() if env else default_root(kind)
+    for var in (ENV[kind], NNUNET_ENV.get(kind)):
+        if var and os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    return default_root(kind)
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
