@@ -86,7 +86,8 @@ def prepared(root: Path, dataset: str, configuration: str, make) -> None:
 def original_grid_dice(root: Path, dataset: str, fold: Path) -> dict:
     """Mean Dice per region of the fold's validation predictions in the original scans' geometry
     (what a user gets back, whatever grid the plan trains on) against the raw reference labels:
-    liver = labels >= 1, tumour = label 2; a case where both are empty is left out."""
+    liver = labels >= 1, tumour = label 2; a case where both are empty scores 1, as everywhere in
+    autoliver (autoliver.evaluation.metrics.dice)."""
     from autoliver.io import read_image
     from autoliver.training.validation import dice
 
@@ -95,9 +96,7 @@ def original_grid_dice(root: Path, dataset: str, fold: Path) -> dict:
         ref, got = read_image(root / "raw" / dataset / "labelsTr" / pred.name).array, read_image(pred).array
         assert ref.shape == got.shape, pred
         for region, lowest in (("liver", 1), ("tumour", 2)):
-            score = dice(got >= lowest, ref >= lowest)
-            if score is not None:
-                per[region].append(score)
+            per[region].append(dice(got >= lowest, ref >= lowest))
     return {k: float(np.mean(v)) if v else None for k, v in per.items()}
 
 

@@ -38,21 +38,25 @@ def tiny_plan(configurations: list[Configuration], modality: str = "CT", labels=
                 memory_budget_bytes=1 << 30, configurations={c.name: c for c in configurations})
 
 
-def save_model(model_dir: Path, plan: Plan, name: str, folds=("0",), seed: int = 0, network_fn=None) -> Path:
-    """A results-style folder {model_dir}/{name}/fold_k/checkpoint_final.pt with random weights."""
+def save_model(model_dir: Path, plan: Plan, name: str, folds=("0",), seed: int = 0, network_fn=None,
+               recipe: str = "default") -> Path:
+    """A results-style folder {model_dir}/{name}/fold_k/checkpoint_final.pt with random weights
+    (``{name}__{recipe}`` for a non-default recipe, as training names it)."""
     from autoliver.training.checkpoint import save_checkpoint
     from autoliver.training.networks import build_network
-    from autoliver.training.recipes import DEFAULT, recipe_to_dict
+    from autoliver.training.recipes import get_recipe, recipe_to_dict
+    from autoliver.training.trainer import model_folder
 
     config = plan.configurations[name]
-    write_plan(model_dir / name / "plans.json", plan)
+    folder = model_folder(model_dir, name, recipe)
+    write_plan(folder / "plans.json", plan)
     for i, f in enumerate(folds):
         torch.manual_seed(seed + i)
         net = (network_fn or build_network)(config.network)
-        save_checkpoint(model_dir / name / f"fold_{f}" / "checkpoint_final.pt",
+        save_checkpoint(folder / f"fold_{f}" / "checkpoint_final.pt",
                         {"network": net.state_dict(), "plan": to_jsonable(plan), "configuration": name,
-                         "recipe": recipe_to_dict(DEFAULT), "fold": f, "epoch": 1, "epochs": 1})
-    return model_dir / name
+                         "recipe": recipe_to_dict(get_recipe(recipe)), "fold": f, "epoch": 1, "epochs": 1})
+    return folder
 
 
 def with_config(plan: Plan, config: Configuration) -> Plan:

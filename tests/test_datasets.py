@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +69,8 @@ def test_every_planted_problem_is_reported(tmp_path, rng):
     problems = verify_dataset(info, progress=False)
     text = "\n".join(problems)
     expected = {
-        "a.nii.gz: label values [5] are not declared",
+        "a.nii.gz: label values must be among those declared in dataset.json [0, 1, 2], got [0, 1, 2, 5]; "
+        "[5] not declared.",
         "b_0000.nii.gz: geometry does not match its label b.nii.gz: spacing",
         "c_0000.nii.gz: 1 NaN/Inf voxels",
         "d_0000.nii.gz: 4D image",
@@ -151,3 +153,81 @@ def test_convert_rejects_bad_labels(tmp_path, rng):
     _write_nii(src / "segmentation-0.nii", seg)
     with pytest.raises(UserError, match=r"label values \[0, 1, 2, 7\]"):
         convert_lits(src, tmp_path / "out", progress=False)
+
+
+def test_real_labels_with_an_undeclared_value_are_an_error(tmp_path, autoliver_dirs, capsys):
+    import shutil
+
+    root = Path(shutil.copytree(shared_data_path("real_ct_liver"), autoliver_dirs["raw"] / "Dataset009_Real"))
+    label = read_image(root / "labelsTr" / "ts_s0009.nii.gz")
+    seg = label.array.copy()
+    seg[60, 60, 60:70] = 3  # a stray tumour-like value the dataset does not declare
+    write_image(root / "labelsTr" / "ts_s0009.nii.gz", seg, label.geometry)
+    assert main(["verify_dataset", "-d", "9", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert (f"{root / 'labelsTr' / 'ts_s0009.nii.gz'}: label values must be among those declared in dataset.json "
+            "[0, 1], got [0, 1, 3]; [3] not declared. Declare them in dataset.json labels or relabel the file.") in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("labels, declared", [
+    ({"background": 0, "liver": 2}, "background 0, liver 2"),
+    ({"background": 0, "liver": 1, "tumour": 3}, "background 0, liver 1, tumour 3"),
+    ({"background": 0, "liver": 1, "lesion": 1}, "background 0, liver 1, lesion 1"),
+])
+def test_declared_labels_must_be_numbered_from_0_without_gaps(tmp_path, rng, labels, declared):
+    root = tmp_path / "Dataset001_X"
+    make_dataset(root, rng, cases=("a",))
+    d = json.loads((root / "dataset.json").read_text())
+    d["labels"] = labels
+    (root / "dataset.json").write_text(json.dumps(d))
+    problems = verify_dataset(parse_dataset_json(root), progress=False)
+    n = len(labels) - 1
+    assert problems[0] == (f"{root / 'dataset.json'}: labels must be numbered 0, 1, …, {n} without gaps or repeats, "
+                           f"got {declared}. Renumber them (and the label files to match).")
+
+
+def test_consecutive_labels_pass(tmp_path, rng):
+    root = tmp_path / "Dataset001_X"
+    info = make_dataset(root, rng, cases=("a",))
+    assert verify_dataset(info, progress=False) == []
+
+
+def _msd_from_real_scan(tmp_path, shift_mm):
+    """An MSD-layout source with the real CHAOS CT and its manual liver mask, the mask's origin moved."""
+    from autoliver.io import Geometry as G
+
+    img = read_image(shared_data_path("real_ct_manual", "chaos_ct_03_0000.nii.gz"))
+    label = read_image(shared_data_path("real_ct_manual", "chaos_ct_03.nii.gz"))
+    src = tmp_path / "Task03_Liver"
+    (src / "imagesTr").mkdir(parents=True)
+    (src / "labelsTr").mkdir()
+    (src / "imagesTr" / "liver_3.nii.gz").write_bytes(
+        shared_data_path("real_ct_manual", "chaos_ct_03_0000.nii.gz").read_bytes())
+    g = label.geometry
+    moved = G(spacing=g.spacing, origin=(g.origin[0] + shift_mm, g.origin[1], g.origin[2]), direction=g.direction,
+              shape_zyx=g.shape_zyx)
+    write_image(src / "labelsTr" / "liver_3.nii.gz", label.array.astype(np.uint8), moved)
+    return src, img, label
+
+
+def test_convert_rejects_a_label_grid_that_differs_beyond_rounding(tmp_path):
+    src, img, _ = _msd_from_real_scan(tmp_path, shift_mm=2.0)
+    with pytest.raises(UserError) as err:
+        convert_msd(src, tmp_path / "out", progress=False)
+    o = tuple(round(float(v), 3) for v in img.geometry.origin)
+    moved = (round(o[0] + 2.0, 3), o[1], o[2])
+    assert str(err.value) == (
+        f"{src / 'labelsTr' / 'liver_3.nii.gz'}: its grid must match its volume liver_3.nii.gz's up to rounding "
+        f"(voxel centres within 0.05 voxel), got origin {moved} vs {o} mm: voxel centres move by up to 2 mm "
+        f"(tolerance 0.0727 mm). The label would be written on the volume's grid and mark other voxels; "
+        "fix the header or remove the case.")
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_accepts_a_label_grid_that_differs_by_rounding(tmp_path):
+    src, img, label = _msd_from_real_scan(tmp_path, shift_mm=0.01)
+    out = convert_msd(src, tmp_path / "out", progress=False)
+    written = read_image(out / "labelsTr" / "liver_3.nii.gz")
+    assert written.geometry.matches(img.geometry, 1e-6)
+    assert int(np.count_nonzero(written.array)) == int(np.count_nonzero(label.array))

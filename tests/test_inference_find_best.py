@@ -1,6 +1,8 @@
 """find_best_configuration on hand-made cross-validation outputs; ensemble of saved probabilities."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -151,3 +153,111 @@ def test_ensemble_averages_probabilities(tmp_path):
 
 def test_candidate_names():
     assert Candidate(("2d", "3d_fullres")).name == "2d+3d_fullres"
+
+
+# --- post-processing must not trade lesion recall for Dice ------------------------------------
+
+
+def _liver_with_lesion() -> np.ndarray:
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[3:13, 6:26, 6:24] = 1
+    seg[6:9, 10:15, 10:15] = 2  # 75 voxels of 4.5 mm³ = 0.34 ml: kept by every minimum volume but 0.5 ml
+    return seg
+
+
+def _small_lesion_cv(tmp_path, real_small_lesion: bool, mirroring=False):
+    """Four cases in two folds, one configuration without probabilities. The prediction has the
+    large lesion exactly and an 8-voxel (0.036 ml) blob; the reference has, where the blob is, a
+    2-voxel lesion (real_small_lesion: the blob detects it at Dice 2·2/10 = 0.4) or nothing."""
+    labels_dir, model_dir = tmp_path / "labelsTr", tmp_path / "Dataset001_Tiny"
+    for i in range(4):
+        ref = _liver_with_lesion()
+        pred = ref.copy()
+        pred[10:12, 20:22, 18:20] = 2
+        if real_small_lesion:
+            ref[10, 20, 18:20] = 2
+        write_image(labels_dir / f"case{i}.nii.gz", ref, GEOM)
+        val = model_dir / "3d_fullres" / f"fold_{i % 2}" / "validation"
+        write_image(val / f"case{i}.nii.gz", pred, GEOM)
+        if mirroring is not None:
+            (val / "summary.json").write_text(json.dumps({"mirroring": mirroring, "step_size": 0.5}))
+    return collect_cross_validation(model_dir, labels_dir, ".nii.gz", LABELS, None, ("0", "1"))
+
+
+def test_removing_small_lesions_is_rejected_when_it_loses_a_reference_lesion(tmp_path):
+    cv = _small_lesion_cv(tmp_path, real_small_lesion=True)
+    log = []
+    choice = find_best_configuration(cv, "Dataset001_Tiny", log=log.append)
+    assert choice.postprocessing == Postprocessing()  # Dice would rise 0.9625 → 0.9868 at the cost of 4 lesions
+    assert "  lesions detected (Dice > 0.2) without post-processing: 8/8" in log
+    assert ("  minimum lesion volume: tumour 0.9625 → 0.9868, lesions detected 8/8 → 4/8 (best of 3: "
+            "min_lesion_ml 0.05): not kept (it loses reference lesions)") in log
+    assert choice.cv_dice["tumour"] == pytest.approx(154 / 160)
+
+
+def test_removing_small_false_positives_is_kept(tmp_path):
+    cv = _small_lesion_cv(tmp_path, real_small_lesion=False)
+    log = []
+    choice = find_best_configuration(cv, "Dataset001_Tiny", log=log.append)
+    assert choice.postprocessing == Postprocessing(min_lesion_ml=0.05)
+    assert ("  minimum lesion volume: tumour 0.9494 → 1.0000, lesions detected 4/4 → 4/4 (best of 3: "
+            "min_lesion_ml 0.05): kept") in log
+    assert choice.cv_dice["tumour"] == 1.0
+
+
+# --- how the judged cross-validation predictions were made -------------------------------------
+
+
+@pytest.mark.parametrize("mirroring, said", [
+    (False, "judged on cross-validation predictions made without mirroring, step 0.5; predict mirrors and uses "
+            "step 0.5 by default (--disable-tta predicts without mirroring)"),
+    (True, "judged on cross-validation predictions made as predict runs by default (with mirroring, step 0.5)"),
+    (None, "judged on cross-validation predictions made in an unknown way (no validation/summary.json says whether "
+           "they were mirrored); predict mirrors and uses step 0.5 by default"),
+])
+def test_the_choice_says_how_its_cross_validation_predictions_were_made(tmp_path, mirroring, said):
+    cv = _small_lesion_cv(tmp_path, real_small_lesion=False, mirroring=mirroring)
+    log = []
+    choice = find_best_configuration(cv, "Dataset001_Tiny", log=log.append)
+    assert choice.cv_predictions == said
+    assert f"best: 3d_fullres; deciding post-processing on its cross-validation predictions ({said})" in log
+    write_choice(tmp_path, choice)
+    assert read_choice(tmp_path).cv_predictions == said
+
+
+# --- CRF settings chosen by cross-validation ---------------------------------------------------
+
+
+def test_crf_settings_are_chosen_by_cross_validation_and_used_by_predict(cv_layout, monkeypatch):
+    """A stand-in CRF that repairs the prediction only with the narrow intensity sigma: the choice
+    must be that setting, stored in the recipe, and postprocess must run the CRF with it."""
+    from autoliver.ops.crf import CRFParams
+    from autoliver.postprocessing import postprocess, steps
+
+    model_dir, labels_dir = cv_layout
+    images = labels_dir.parent / "imagesTr"
+    for p in labels_dir.iterdir():
+        write_image(images / f"{p.name[:-len('.nii.gz')]}_0000.nii.gz", np.zeros(SHAPE, np.int16), GEOM)
+    seen = []
+
+    def fake_crf(probabilities, image, spacing, params=None):
+        seen.append(params)
+        if params.appearance_intensity_sigma == 0.05 and params.appearance_sigma_mm == 60.0:
+            return one_hot(reference(int(round(image.flat[0]))))  # the case's reference: a perfect repair
+        return probabilities
+
+    monkeypatch.setattr(steps, "dense_crf", fake_crf)
+    for i in range(4):  # the stand-in finds its case's reference through the image's first voxel
+        write_image(images / f"case{i}_0000.nii.gz", np.full(SHAPE, i, np.int16), GEOM)
+    cv = collect_cross_validation(model_dir, labels_dir, ".nii.gz", LABELS, ["2d"], ("0", "1"), images_dir=images)
+    log = []
+    choice = find_best_configuration(cv, "Dataset001_Tiny", try_crf=True, log=log.append)
+    chosen = CRFParams(appearance_intensity_sigma=0.05)
+    assert choice.postprocessing == Postprocessing(crf=True, crf_params=chosen)
+    assert choice.postprocessing.describe() == "crf(appearance_intensity_sigma=0.05)"
+    assert any(line.startswith("  dense CRF: ") and "(best of 3: appearance_intensity_sigma=0.05): kept" in line
+               for line in log), log
+    assert set(seen) == {CRFParams(), chosen, CRFParams(appearance_sigma_mm=20.0, appearance_intensity_sigma=0.05)}
+    seen.clear()
+    postprocess(one_hot(reference(0)), (2.0, 1.5, 1.5), choice.postprocessing, LABELS, image=np.zeros(SHAPE))
+    assert seen == [chosen]

@@ -1,7 +1,6 @@
 """Model variants at prediction time: cascade, 2D, ensembles of configurations, --fast, export zip."""
 from __future__ import annotations
 
-import dataclasses
 import zipfile
 
 import numpy as np
@@ -59,6 +58,46 @@ def test_cascade_loads_its_previous_stage(zoo):
     m = load_model(zoo, configurations=["3d_cascade_fullres"], folds=["1"])
     stage = m.stages[0]
     assert stage.previous is not None and stage.previous.name == "3d_lowres" and stage.previous.folds == ["1"]
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_cascade_and_fast_use_the_stages_trained_with_their_recipe(zoo, scans, tmp_path):
+    """A cascade trained with --recipe adam was trained on 3d_lowres__adam's predictions (see the
+    trainer), so prediction and export must use that first stage, not the default recipe's."""
+    import shutil
+
+    from autoliver.planning.plan import read_plan
+    from autoliver.training.checkpoint import load_trained_model
+
+    d = tmp_path / "m"
+    shutil.copytree(zoo, d)
+    plan = read_plan(d / "3d_fullres" / "plans.json")
+    for name, seed in (("3d_lowres", 100), ("3d_cascade_fullres", 200), ("3d_fullres", 300)):
+        save_model(d, plan, name, folds=("0",), seed=seed, recipe="adam")
+    adam_lowres, _, _ = load_trained_model(d / "3d_lowres__adam" / "fold_0")
+    default_lowres, _, _ = load_trained_model(d / "3d_lowres" / "fold_0")
+    assert not _same_weights(adam_lowres, default_lowres)
+
+    m = load_model(d, configurations=["3d_cascade_fullres__adam"], folds=["0"])
+    previous = m.stages[0].previous
+    assert _same_weights(previous.networks[0], adam_lowres)
+    assert m.describe() == "3d_cascade_fullres__adam (folds 0); post-processing: none"
+    fast = load_model(d, configurations=["3d_fullres__adam"], fast=True)
+    assert _same_weights(fast.stages[0].networks[0], adam_lowres)
+
+    z = export_model(d, tmp_path / "adam.zip", configurations=["3d_cascade_fullres__adam"], folds=["0"])
+    with zipfile.ZipFile(z) as f:
+        assert sorted(n for n in f.namelist() if n.endswith(".pt")) == [
+            "3d_cascade_fullres__adam/fold_0/checkpoint_final.pt", "3d_lowres__adam/fold_0/checkpoint_final.pt"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    predict(PredictRequest(input=scans, output=a, model_dir=d, configurations=("3d_cascade_fullres__adam",),
+                           folds=("0",), tta=False))
+    predict(PredictRequest(input=scans, output=b, model_dir=z, tta=False))
+    for case in ("a.nii.gz", "b.nii.gz"):
+        np.testing.assert_array_equal(read_image(a / case).array, read_image(b / case).array)
 
 
 def test_two_configurations_are_averaged(zoo, scans, tmp_path):
@@ -186,11 +225,62 @@ def test_postprocessing_is_applied_at_prediction(zoo, scans, tmp_path):
         assert ndimage.label(seg > 0, structure=np.ones((3, 3, 3)))[1] <= 1
         plain = read_image(raw / f"{case}.nii.gz").array
         assert np.all((seg > 0) <= (plain > 0))  # only removes
-        assert dataclasses.is_dataclass(Postprocessing())
+    # The untrained networks above find one component anyway; a network whose answer is known
+    # (liver above 50 HU) on two separate organs shows the step at work, voxel for voxel.
+    from autoliver.inference.predictor import PredictOptions, predict_case
+    from autoliver.io.images import Geometry, Image
+    from test_inference_predict import threshold_model
+
+    hu = np.zeros((12, 40, 40), np.int16)
+    hu[2:8, 5:15, 5:15] = 120  # 600 voxels
+    hu[3:7, 25:31, 25:31] = 120  # 144 voxels, 10 voxels away
+    scan = Image(hu, Geometry((3.0, 3.0, 3.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), hu.shape))
+    model = threshold_model((3.0, 3.0, 3.0), patch=(16, 32, 32))
+    plain = predict_case(model, [scan], PredictOptions(mirror=False)).segmentation
+    model.postprocessing = Postprocessing(keep_largest_liver=True)
+    kept = predict_case(model, [scan], PredictOptions(mirror=False)).segmentation
+    assert (ndimage.label(plain)[1], int((plain == 1).sum())) == (2, 744)
+    np.testing.assert_array_equal(kept, (hu == 120) & (np.arange(40)[None, :, None] < 20))
+
+
+def test_export_onnx_without_c_or_f_uses_the_choice_or_says_what_is_missing(zoo, tmp_path, autoliver_dirs, capsys):
+    """`export --onnx` picks the configuration and fold the model would predict with, and says
+    which; where nothing says which, it names what to pass (before: a traceback either way)."""
+    ort = pytest.importorskip("onnxruntime")  # in the test extra: CI runs this
+    pytest.importorskip("onnx")
+    import shutil
+
+    from autoliver.training.checkpoint import load_trained_model
+
+    d = autoliver_dirs["results"] / "Dataset001_Tiny"
+    shutil.copytree(zoo, d)
+    assert main(["export", "-d", "1", "-o", str(tmp_path / "m.zip"), "--onnx"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"autoliver export: error: --onnx: {d} has 4 trained configurations (2d, 3d_cascade_fullres, 3d_fullres, "
+        "3d_lowres) and no inference_choice.json; pass -c CONFIGURATION or run find_best_configuration first.")
+    assert not (tmp_path / "m.zip").exists()  # nothing half done
+    write_choice(d, InferenceChoice(CHOICE_SCHEMA_VERSION, "Dataset001_Tiny", ("3d_fullres", "2d"), ("1",), "final",
+                                    Postprocessing(), {"liver": 0.9}))
+    assert main(["export", "-d", "1", "-o", str(tmp_path / "m.zip"), "--onnx"]) == 0
+    assert (f"export: wrote {tmp_path / 'm.onnx'}: the network of 3d_fullres, fold 1 (the chosen ensemble's "
+            "first configuration and fold; ONNX holds one network: pass -c and -f for another)") in capsys.readouterr().err
+    x = np.random.default_rng(1).standard_normal((1, 1, 16, 32, 32)).astype(np.float32)
+    y = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"image": x})[0]
+    net, _, _ = load_trained_model(d / "3d_fullres" / "fold_1")
+    with torch.no_grad():
+        np.testing.assert_allclose(y, net(torch.from_numpy(x)).numpy(), atol=1e-4)
+    # -c without -f: that configuration's first trained fold
+    assert main(["export", "-d", "1", "-c", "3d_lowres", "-o", str(tmp_path / "low.zip"), "--onnx"]) == 0
+    assert (f"export: wrote {tmp_path / 'low.onnx'}: the network of 3d_lowres, fold 0 (its first trained fold; "
+            "ONNX holds one network: pass -c and -f for another)") in capsys.readouterr().err
+    assert main(["export", "-d", "1", "-c", "3d_lowres", "-f", "7", "-o", str(tmp_path / "x.zip"), "--onnx"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "autoliver export: error: --onnx: fold 7 of 3d_lowres has no checkpoint_final.pt (trained: 0, 1); "
+        "pass -f with one of them.")
 
 
 def test_onnx_export_matches_torch(zoo, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
+    ort = pytest.importorskip("onnxruntime")  # in the test extra: CI runs this
     pytest.importorskip("onnx")
     from autoliver.inference.export import export_onnx
     from autoliver.training.checkpoint import load_trained_model

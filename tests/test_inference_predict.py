@@ -262,3 +262,23 @@ def test_shutil_copy_of_model_folder_is_enough(model_dir, tmp_path):
     x = torch.randn(1, 1, 16, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(m1.stages[0].networks[0](x), m2.stages[0].networks[0](x))
+
+
+def test_a_4d_file_for_a_3d_model_is_one_line_not_a_traceback(model_dir, tmp_path, capsys):
+    """Four volumes stacked in one file reach a 1-channel model: the case fails with a line that says
+    what the model takes; the other cases are still written."""
+    from autoliver.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    small_scan(src / "good_0000.nii.gz")
+    three_d = read_image(small_scan(tmp_path / "x.nii.gz", shape=(6, 20, 18)))
+    write_image(src / "dyn_0000.nii.gz", np.stack([three_d.array] * 4), three_d.geometry)
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(src), "-o", str(out), "-m", str(model_dir), "-f", "0", "--disable-tta",
+                 "--no-progress"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz"]
+    err = capsys.readouterr().err
+    assert ("failed: dyn: case dyn: the model takes 1 channel (dyn_0000.nii.gz, 3D); got a 4D image with 4 "
+            "volumes (dyn_0000.nii.gz). Give one 3D file per channel.") in err
+    assert "Traceback" not in err

@@ -150,13 +150,12 @@ def test_shapes_and_through_plane_axis():
 # ----------------------------------------------------------------------------------------------
 
 def test_normalization_schemes_give_expected_numbers():
-    img, seg = phantom_ct()
+    img, _ = phantom_ct()
     vol = img.array
     body = cropping.body_mask([vol], "CT")
-    liver = seg > 0
 
-    def run(norm, **kw):
-        p = normalization.resolve_normalization(vol, norm, body=body, **kw)
+    def run(norm):
+        p = normalization.resolve_normalization(vol, norm, body=body)
         return normalization.normalize(vol, p), p
 
     out, p = run(ChannelNormalization("ct", -100, 400, 60, 50))
@@ -171,15 +170,19 @@ def test_normalization_schemes_give_expected_numbers():
     assert p.source == "case"
     assert out[body].mean() == pytest.approx(0, abs=1e-4) and out[body].std() == pytest.approx(1, abs=1e-3)
 
-    out, p = run(ChannelNormalization("liver_zscore", -100, 400), liver=liver)
-    assert p.source == "label"
-    assert out[liver].mean() == pytest.approx(0, abs=1e-4) and out[liver].std() == pytest.approx(1, abs=1e-3)
-    # Prediction: no label → the plan's dataset liver statistics...
-    _, p = run(ChannelNormalization("liver_zscore", -100, 400, 55.0, 12.0))
+    # liver_zscore: fixed statistics when the plan gives them ...
+    out, p = run(ChannelNormalization("liver_zscore", -100, 400, 55.0, 12.0))
     assert (p.source, p.mean, p.std) == ("plan", 55.0, 12.0)
-    # ... or, without them, a robust estimate from the case's soft tissue (body 40 HU, liver 60 HU).
-    _, p = run(ChannelNormalization("liver_zscore", -100, 400))
-    assert p.source == "case_estimate" and 30 < p.mean < 70 and 5 < p.std < 40
+    np.testing.assert_allclose(out, (np.clip(vol, -100, 400) - 55) / 12, rtol=1e-6, atol=1e-6)
+    # ... else a label-free estimate from the body voxels inside the window (body 40 HU, liver
+    # 60 HU): their median and IQR / 1.349, to one histogram bin (500 HU / 2048).
+    out, p = run(ChannelNormalization("liver_zscore", -100, 400))
+    inside = vol[body & (vol > -100) & (vol < 400)].astype(np.float64)
+    q25, q50, q75 = np.percentile(inside, [25, 50, 75])
+    bin_hu = 500 / normalization.HISTOGRAM_BINS
+    assert p.source == "case_estimate"
+    assert p.mean == pytest.approx(q50, abs=bin_hu) and p.std == pytest.approx((q75 - q25) / 1.349, abs=2 * bin_hu)
+    np.testing.assert_allclose(out, (np.clip(vol, -100, 400) - p.mean) / p.std, rtol=1e-5, atol=1e-5)
 
     out, _ = run(ChannelNormalization("histeq", -100, 400))
     assert 0 <= out.min() and out.max() <= 1
@@ -305,12 +308,39 @@ def test_phases_in_one_4d_file_become_channels():
     vol = img.array.astype(np.float32)
     four_d = Image(np.stack([vol, vol * 0.5 + 7, vol * 0.25]), img.geometry)
     cfg = configuration(norm=ChannelNormalization("zscore"))
-    plan = make_plan(cfg, modality="MRI", channels=("MRI",))
+    plan = dataclasses.replace(make_plan(cfg, modality="MRI", channels=("DCE_t0", "DCE_t1", "DCE_t2")),
+                               phases_in_file=3)
     data, seg_out, props = preprocess_case([four_d], plan, cfg, seg, case="dce")
     assert data.shape[0] == 3 and props["channels"] == 3 and len(props["normalization"]) == 3
     # Per-channel z-score: the same anatomy scaled differently normalises to nearly the same values.
     np.testing.assert_allclose(data[0], data[1], atol=1e-4)
     np.testing.assert_allclose(data[0], data[2], atol=1e-4)
+
+
+def test_volumes_that_are_not_the_plans_channels_are_one_line_errors():
+    """A 4D file for a 3D single-channel model, or the wrong number of phases, is a user error
+    that says what the model takes (before: a traceback from the network's first convolution)."""
+    img, _ = phantom_ct(shape=(8, 24, 24))
+    vol = img.array
+    four_d = Image(np.stack([vol] * 4), img.geometry, path="/x/scan_0000.nii.gz", ending=".nii.gz")
+    cfg = configuration()
+    with pytest.raises(UserError) as e:
+        preprocess_case([four_d], make_plan(cfg), cfg, case="scan")
+    assert str(e.value) == ("case scan: the model takes 1 channel (scan_0000.nii.gz, 3D); got a 4D image with "
+                            "4 volumes (scan_0000.nii.gz). Give one 3D file per channel.")
+    dce = dataclasses.replace(make_plan(cfg, modality="MRI", channels=("DCE_t0", "DCE_t1", "DCE_t2")),
+                              phases_in_file=3)
+    with pytest.raises(UserError) as e:
+        preprocess_case([four_d], dce, cfg, case="scan")
+    assert str(e.value) == ("case scan: the model takes one 4D file of 3 phases per case (scan_0000.nii.gz, "
+                            "(t, z, y, x)); got a 4D image with 4 volumes (scan_0000.nii.gz). Give each case as "
+                            "one 4D file of its 3 phases, as in training.")
+    with pytest.raises(UserError, match=r"got a 3D image \(image\)"):
+        preprocess_case([img], dce, cfg, case="scan")
+    two = make_plan(cfg, channels=("CT", "CT2"))
+    with pytest.raises(UserError, match=r"takes 2 channels \(scan_0000.nii.gz … scan_0001.nii.gz, 3D each\); "
+                                        r"got 2 files \(4D, 3D\)"):
+        preprocess_case([four_d, img], two, cfg, case="scan")
 
 
 def test_bad_inputs_are_user_errors():
@@ -356,3 +386,16 @@ def test_real_ct_preprocesses_and_reverts_to_original_geometry():
         probs = revert_to_original(np.stack([seg_out[0] == 0, seg_out[0] == 1]).astype(np.float32), props, cfg,
                                    is_label=False)
         assert probs.shape == (2, *label.array.shape)
+
+
+def test_liver_zscore_is_the_same_in_training_and_in_prediction():
+    """Training has the reference label, prediction has not: both must normalise a case the same
+    way, or the network sees other intensities than it learnt (the label must not change the data)."""
+    img, seg = phantom_ct(shape=(20, 48, 48))
+    cfg = configuration(norm=ChannelNormalization("liver_zscore", -100.0, 400.0))
+    plan = make_plan(cfg)
+    trained, _, p_train = preprocess_case([img], plan, cfg, seg, case="c")
+    predicted, _, p_pred = preprocess_case([img], plan, cfg, None, case="c")
+    assert p_train["normalization"] == p_pred["normalization"]
+    assert p_pred["normalization"][0]["source"] == "case_estimate"
+    np.testing.assert_array_equal(trained, predicted)

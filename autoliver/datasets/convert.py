@@ -5,7 +5,9 @@
 - MSD ``Task03_Liver``: ``imagesTr/liver_N.nii.gz``, ``labelsTr/liver_N.nii.gz``, ``imagesTs/``;
   macOS ``._*`` resource files are skipped.
 
-Cases become ``liver_N`` in both, so the two sources name the same patient alike. The dataset is
+Cases become ``liver_N`` in both, so the two sources name the same patient alike. A label must lie
+on its volume's grid up to header rounding (:func:`grid_difference`); otherwise the case is an
+error that says what differs and by how much, never silently written on the volume's grid. The dataset is
 built in a hidden ``.{name}.partial`` folder (one case in memory at a time; an interrupted run
 resumes there) and renamed into place when complete, so a half-converted dataset never looks
 finished. An existing dataset is never touched unless ``overwrite``.
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,41 @@ def _finish(partial: Path, target: Path, num_training: int, description: str) ->
     return target
 
 
+# Header values are stored with limited precision (float32 spacings, rounded origins); a label grid
+# whose voxel centres lie within this fraction of a voxel of the volume's is the same grid.
+ROUNDING_VOXELS = 0.05
+
+
+def grid_difference(label, image) -> str:
+    """'' when two geometries of equal shape place every voxel centre within ROUNDING_VOXELS of the
+    smallest spacing of each other; else what differs and by how much (the largest displacement of
+    a corner voxel centre, in mm)."""
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=np.float64)
+    corners *= np.array(image.shape_zyx[::-1], dtype=np.float64) - 1  # (x, y, z) voxel indices
+
+    def world(g):
+        d = np.asarray(g.direction, dtype=np.float64).reshape(3, 3)
+        return np.asarray(g.origin) + (corners * np.asarray(g.spacing)) @ d.T
+
+    moved = float(np.max(np.linalg.norm(world(label) - world(image), axis=1)))
+    tolerance = ROUNDING_VOXELS * min(image.spacing)
+    if moved <= tolerance:
+        return ""
+    what = []
+    if not np.allclose(label.spacing, image.spacing, rtol=1e-6, atol=1e-6):
+        what.append(f"spacing (x, y, z) {_rounded(label.spacing, 5)} vs {_rounded(image.spacing, 5)} mm")
+    if not np.allclose(label.origin, image.origin, rtol=0, atol=1e-4):
+        what.append(f"origin {_rounded(label.origin, 3)} vs {_rounded(image.origin, 3)} mm")
+    if not np.allclose(label.direction, image.direction, atol=1e-6):
+        what.append(f"direction {label.orientation()} {_rounded(label.direction, 4)} vs "
+                    f"{image.orientation()} {_rounded(image.direction, 4)}")
+    return f"{'; '.join(what)}: voxel centres move by up to {moved:.3g} mm (tolerance {tolerance:.3g} mm)"
+
+
+def _rounded(values, digits: int) -> tuple:
+    return tuple(round(float(v), digits) for v in values)
+
+
 def _convert_pair(image_path: Path, label_path: Path | None, out_image: Path, out_label: Path | None) -> None:
     """One case: image as-is (int16 when lossless), label as uint8 on the image's grid."""
     if out_image.exists() and (out_label is None or out_label.exists()):
@@ -80,9 +116,12 @@ def _convert_pair(image_path: Path, label_path: Path | None, out_image: Path, ou
         values = set(np.unique(seg).astype(int).tolist())
         if not values <= {0, 1, 2}:
             raise UserError(f"{label_path}: label values {sorted(values)}, LiTS allows 0, 1, 2.")
-        if not image.geometry.matches(label.geometry, 1e-3):
-            warnings.warn(f"{label_path}: header differs slightly from {image_path.name}; the label is written "
-                          "on the volume's grid (same voxels).", stacklevel=2)
+        problem = grid_difference(label.geometry, image.geometry)
+        if problem:
+            raise UserError(f"{label_path}: its grid must match its volume {image_path.name}'s up to rounding "
+                            f"(voxel centres within {ROUNDING_VOXELS:g} voxel), got {problem}. The label would be "
+                            "written on the volume's grid and mark other voxels; fix the header or remove the case.")
+        # Within rounding: the same voxels, written on the volume's grid.
         write_image(out_label, seg.astype(np.uint8), image.geometry)
     write_image(out_image, arr, image.geometry)
 

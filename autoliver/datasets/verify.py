@@ -4,7 +4,8 @@ Each problem is one line that names the file, says what is wrong and how to fix 
 dataset.json keys; missing, stray and duplicate case ids; every image and label readable; the
 channel count; image/label geometry agreement (shape exactly, spacing/origin/direction within a
 tolerance); 4D files where 3D is expected (and the reverse for 4D phase datasets); NaN/Inf; label
-values not declared in dataset.json; non-integer labels; empty labels.
+values not declared in dataset.json; declared labels not numbered 0, 1, …, n-1; non-integer labels;
+empty labels.
 """
 from __future__ import annotations
 
@@ -17,22 +18,10 @@ import numpy as np
 from autoliver.datasets.dataset import DatasetInfo
 from autoliver.errors import UserError, UserErrors
 from autoliver.io import read_image
+from autoliver.io.checks import training_image_problems
 from autoliver.progress import bar
 
 GEOMETRY_TOLERANCE = 1e-3  # relative (spacing) / absolute (mm origin, direction cosines)
-
-
-def _count_nonfinite(path, array: np.ndarray) -> int:
-    """NaN/Inf voxels. ITK silently turns NaN into 0 when it reads NIfTI, so float NIfTI files are
-    checked on their stored values (through nibabel) as well."""
-    if not np.issubdtype(array.dtype, np.floating):
-        return 0
-    n = int((~np.isfinite(array)).sum())
-    if n == 0 and str(path).endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        n = int((~np.isfinite(np.asanyarray(nib.load(str(path)).dataobj))).sum())
-    return n
 
 
 def _check_case(info: DatasetInfo, case: str) -> list[str]:
@@ -58,9 +47,7 @@ def _check_case(info: DatasetInfo, case: str) -> list[str]:
         elif expect_4d and (img.array.ndim != 4 or img.array.shape[0] != info.phases_in_file):
             problems.append(f"{path}: expected a 4D image with {info.phases_in_file} phases, got shape "
                             f"{img.array.shape}. Fix the file or \"phases_in_file\" in dataset.json.")
-        n = _count_nonfinite(path, img.array)
-        if n:
-            problems.append(f"{path}: {n} NaN/Inf voxels. Replace them (e.g. with the minimum intensity).")
+        problems.extend(training_image_problems(img, info.modality))  # NaN/Inf, voxel size, orientation
         images.append((path, img))
     label_path = info.label_file(case)
     try:
@@ -82,8 +69,11 @@ def _check_case(info: DatasetInfo, case: str) -> list[str]:
     values = set(np.unique(seg).astype(np.int64).tolist())
     extra = sorted(values - allowed)
     if extra:
-        problems.append(f"{label_path}: label values {extra} are not declared in dataset.json labels "
-                        f"{info.labels}. Declare them or relabel the file.")
+        # An undeclared value would index past the network's outputs (the loss fails, or a clamp
+        # silently turns it into another class), so it must stop here.
+        problems.append(f"{label_path}: label values must be among those declared in dataset.json "
+                        f"{sorted(allowed)}, got {sorted(values)}; {extra} not declared. Declare them in "
+                        "dataset.json labels or relabel the file.")
     if values <= {0}:
         problems.append(f"{label_path}: the label map is empty (only background). Label the liver or drop the case.")
     for path, img in images:
@@ -103,6 +93,17 @@ def _check_case(info: DatasetInfo, case: str) -> list[str]:
     return problems
 
 
+def label_numbering_problems(info: DatasetInfo) -> list[str]:
+    """dataset.json labels must be numbered 0, 1, …, n-1, each value once: value k is the network's
+    output channel k, so a gap leaves a class that is never trained and a repeat merges two names."""
+    values = sorted(info.labels.values())
+    if values == list(range(len(values))):
+        return []
+    declared = ", ".join(f"{name} {v}" for name, v in sorted(info.labels.items(), key=lambda kv: kv[1]))
+    return [f"{info.folder / 'dataset.json'}: labels must be numbered 0, 1, …, {len(values) - 1} without gaps "
+            f"or repeats, got {declared}. Renumber them (and the label files to match)."]
+
+
 def verify_dataset(info: DatasetInfo, progress: bool = True) -> list[str]:
     """All problems of a raw dataset, one line each (empty list: the dataset is fine)."""
     problems: list[str] = []
@@ -112,6 +113,7 @@ def verify_dataset(info: DatasetInfo, progress: bool = True) -> list[str]:
             problems.append(f"{d}: missing folder. A raw dataset has imagesTr/ and labelsTr/ (see README).")
     if problems:
         return problems
+    problems.extend(label_numbering_problems(info))
     label_cases = info.training_cases()
     pattern = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})" + re.escape(info.file_ending) + "$")
     image_cases: Counter = Counter()

@@ -44,9 +44,9 @@ CONVENTIONS = (
     "predicted tumour scores Dice 1). One mask empty: Dice/IoU/NSD 0, ratios with zero denominator 0, "
     "distances null (undefined; counted in undefined_cases, left out of means), RVD -1 (empty prediction) or null "
     "(empty reference). Means are per-case means over defined values; dice_global pools voxels over cases. "
-    "Lesions: 6-connected tumour components, matched one-to-one (Hungarian, max IoU); detected if IoU > 0.5 "
-    "(LiTS) or Dice > 0.2; small = longest axial diameter < 20 mm. Tumour burden = tumour / liver voxels; "
-    "error = reference - prediction."
+    "Lesions: 6-connected tumour components, matched one-to-one per rule (Hungarian: most pairs passing the "
+    "rule, then the largest summed score); detected if IoU > 0.5 (LiTS) or Dice > 0.2; small = longest axial "
+    "diameter < 20 mm. Tumour burden = tumour / liver voxels; error = reference - prediction."
 )
 
 
@@ -175,7 +175,7 @@ def summarise(cases: list[CaseResult], settings: Settings = Settings()) -> Summa
             for le in lesion_results:
                 r = le.rules[rule]
                 sums = {size: sums[size] + getattr(r, size) for size in sums}
-                dices += [row.dice for row in le.lesions if row.source == "reference" and row.detected[rule]]
+                dices += list(r.detected_dice)
             detection[rule] = DetectionSummary(
                 rule=rule, **sums, mean_dice_detected=_mean(dices),
                 split_errors=sum(le.split_errors for le in lesion_results),

@@ -1,12 +1,16 @@
 """Lesion-wise detection: lesions as connected components, matched one-to-one (pure).
 
 - Lesions are the 6-connected components of a tumour mask, as in LiTS's scoring.
-- Reference and predicted lesions that overlap are matched one-to-one by the Hungarian method
-  (``scipy.optimize.linear_sum_assignment``) maximising the summed IoU; a lesion is matched at most
-  once, so a prediction covering two reference lesions detects at most one of them.
-- A matched reference lesion counts as detected under each rule: LiTS's (IoU > 0.5) and the seed
-  paper's looser one (Dice > 0.2). TP = detected reference lesions, FN = the other reference
-  lesions, FP = predicted lesions not matched by a detection.
+- Each detection rule — LiTS's (IoU > 0.5) and the seed paper's looser one (Dice > 0.2) — has its
+  own one-to-one matching of reference and predicted lesions (Hungarian method,
+  ``scipy.optimize.linear_sum_assignment``): first the largest number of pairs that pass the rule,
+  then, among those matchings, the largest summed score (IoU or Dice). Maximising the summed score
+  alone could pair a lesion with a worse partner to raise the total and so drop a pair that passes
+  (a pair at IoU 0.54 given up for two at 0.28). A lesion is matched at most once, so a prediction
+  covering two reference lesions detects at most one of them. TP = reference lesions whose partner
+  passes the rule, FN = the other reference lesions, FP = predicted lesions not matched by a detection.
+- The per-lesion table (``LesionRow.match``, ``iou``, ``dice``, ``assd_mm``) shows the partner in the
+  matching of the first rule (LiTS's); ``matches`` gives each rule's partner.
   (LiTS's own code first merges predictions that split one reference lesion and reference lesions
   joined by one prediction, then tests IoU; autoliver keeps the one-to-one pairs and reports split
   and merge errors as separate counts.)
@@ -67,12 +71,42 @@ def pair_scores(intersection: np.ndarray, voxels_a: np.ndarray, voxels_b: np.nda
     return iou, dice
 
 
-def match_one_to_one(score: np.ndarray) -> list[tuple[int, int]]:
-    """Pairs (row, col), 0-based, maximising the summed score; only pairs with a score > 0."""
+def match_one_to_one(score: np.ndarray, passes: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Pairs (row, col), 0-based, only pairs with a score > 0.
+
+    Without ``passes``: the matching with the largest summed score. With ``passes`` (a boolean
+    matrix like ``score``): the matching with the most pairs for which ``passes`` is true, and among
+    those the largest summed score. Each passing pair gets a bonus larger than any possible sum of
+    scores (scores lie in [0, 1]), so no total can buy back a lost passing pair.
+    """
     if score.size == 0:
         return []
-    rows, cols = linear_sum_assignment(score, maximize=True)
+    weight = np.asarray(score, dtype=np.float64)
+    if passes is not None:
+        weight = weight + np.where(passes, min(score.shape) + 1.0, 0.0)
+    rows, cols = linear_sum_assignment(weight, maximize=True)
     return [(int(r), int(c)) for r, c in zip(rows, cols) if score[r, c] > 0]
+
+
+def detected_lesions(reference_mask: np.ndarray, prediction_mask: np.ndarray, rule: str = "dice>0.2",
+                     connectivity: int = LITS_CONNECTIVITY) -> tuple[int, int]:
+    """(reference lesions detected under ``rule``, reference lesions): the TP and TP + FN of
+    :func:`evaluate_lesions` without its measurements, for scoring many post-processing variants."""
+    score_name, threshold = RULES[rule]
+    reference_mask, prediction_mask = np.asarray(reference_mask, bool), np.asarray(prediction_mask, bool)
+    box = _crop_box(reference_mask | prediction_mask)
+    if box is None:
+        return 0, 0
+    labels_r, n_r = _label(reference_mask[box], connectivity)
+    labels_p, n_p = _label(prediction_mask[box], connectivity)
+    if n_r == 0 or n_p == 0:
+        return 0, n_r
+    inter = overlap_matrix(labels_r, n_r, labels_p, n_p)
+    iou, dice = pair_scores(inter, np.bincount(labels_r.ravel(), minlength=n_r + 1)[1:],
+                            np.bincount(labels_p.ravel(), minlength=n_p + 1)[1:])
+    score = iou if score_name == "iou" else dice
+    pairs = match_one_to_one(score, score > threshold)
+    return sum(1 for i, j in pairs if score[i, j] > threshold), n_r
 
 
 @dataclass(frozen=True)
@@ -105,6 +139,7 @@ class RuleResult:
     all: DetectionCounts
     small: DetectionCounts
     large: DetectionCounts
+    detected_dice: tuple[float, ...] = ()  # Dice of each detected reference lesion with its partner
 
 
 @dataclass(frozen=True)
@@ -117,12 +152,13 @@ class LesionRow:
     diameter_mm: float  # longest axial diameter
     size: str  # "small" | "large"
     centroid_zyx: tuple[float, float, float]  # voxel index units
-    match: int | None  # id of the one-to-one partner in the other map
+    match: int | None  # id of the one-to-one partner in the other map (first rule's matching)
     iou: float
     dice: float
     assd_mm: float | None  # with the partner; None when unmatched
     overlapping: tuple[int, ...]  # ids of every lesion of the other map it touches
     detected: dict[str, bool]  # rule → counted as a detection
+    matches: dict[str, int | None] = dataclasses.field(default_factory=dict)  # rule → partner id
 
 
 @dataclass(frozen=True)
@@ -166,32 +202,43 @@ def evaluate_lesions(reference_mask: np.ndarray, prediction_mask: np.ndarray, sp
     size_r = np.array([m.voxels for m in meas_r], dtype=np.int64)
     size_p = np.array([m.voxels for m in meas_p], dtype=np.int64)
     iou, dice = pair_scores(inter, size_r, size_p)
-    pairs = match_one_to_one(iou)
-    partner_r = {i: j for i, j in pairs}
-    partner_p = {j: i for i, j in pairs}
+    scores = {"iou": iou, "dice": dice}
+    # One matching per rule (see the module doc); the table shows the first rule's.
+    pairs = {rule: match_one_to_one(scores[score], scores[score] > threshold)
+             for rule, (score, threshold) in RULES.items()}
+    detected = {rule: {(i, j) for i, j in pairs[rule] if scores[score][i, j] > threshold}
+                for rule, (score, threshold) in RULES.items()}
+    shown = next(iter(RULES))
+    partner_r = {rule: {i: j for i, j in p} for rule, p in pairs.items()}
+    partner_p = {rule: {j: i for i, j in p} for rule, p in pairs.items()}
     boxes_r = ndimage.find_objects(labels_r, max_label=n_r)
     boxes_p = ndimage.find_objects(labels_p, max_label=n_p)
 
     pair_assd = {(i, j): _pair_assd(labels_r, i + 1, boxes_r[i], labels_p, j + 1, boxes_p[j], spacing_zyx_mm)
-                 for i, j in pairs}
-    detected = {rule: {(i, j) for i, j in pairs if (iou if score == "iou" else dice)[i, j] > threshold}
-                for rule, (score, threshold) in RULES.items()}
+                 for i, j in pairs[shown]}
 
-    def row(source: str, k: int, m: LesionMeasurement, partner: int | None, overlapping) -> LesionRow:
-        pair = (k, partner) if source == "reference" else (partner, k)
+    def row(source: str, k: int, m: LesionMeasurement, overlapping) -> LesionRow:
+        partners = partner_r if source == "reference" else partner_p
+        found = {rule: partners[rule].get(k) for rule in RULES}
+
+        def pair(partner):
+            return (k, partner) if source == "reference" else (partner, k)
+
+        partner = found[shown]
         matched = partner is not None
         return LesionRow(
             source=source, id=m.id, volume_ml=m.volume_ml, diameter_mm=m.longest_axial_diameter_mm,
             size=_size_class(m.longest_axial_diameter_mm, small_mm), centroid_zyx=m.centroid_zyx,
             match=partner + 1 if matched else None,
-            iou=float(iou[pair]) if matched else 0.0, dice=float(dice[pair]) if matched else 0.0,
-            assd_mm=pair_assd[pair] if matched else None,
+            iou=float(iou[pair(partner)]) if matched else 0.0, dice=float(dice[pair(partner)]) if matched else 0.0,
+            assd_mm=pair_assd[pair(partner)] if matched else None,
             overlapping=tuple(int(x) + 1 for x in np.flatnonzero(overlapping)),
-            detected={rule: matched and pair in detected[rule] for rule in RULES},
+            detected={rule: found[rule] is not None and pair(found[rule]) in detected[rule] for rule in RULES},
+            matches={rule: None if p is None else p + 1 for rule, p in found.items()},
         )
 
-    rows = [row("reference", i, m, partner_r.get(i), inter[i]) for i, m in enumerate(meas_r)]
-    rows += [row("prediction", j, m, partner_p.get(j), inter[:, j]) for j, m in enumerate(meas_p)]
+    rows = [row("reference", i, m, inter[i]) for i, m in enumerate(meas_r)]
+    rows += [row("prediction", j, m, inter[:, j]) for j, m in enumerate(meas_p)]
 
     rules = {}
     for rule in RULES:
@@ -201,7 +248,8 @@ def evaluate_lesions(reference_mask: np.ndarray, prediction_mask: np.ndarray, sp
             fn = sum(1 for r in rows if r.source == "reference" and not r.detected[rule] and size in (None, r.size))
             fp = sum(1 for r in rows if r.source == "prediction" and not r.detected[rule] and size in (None, r.size))
             counts[size or "all"] = DetectionCounts.from_counts(tp, fp, fn)
-        rules[rule] = RuleResult(rule=rule, **counts)
+        rules[rule] = RuleResult(rule=rule, **counts,
+                                 detected_dice=tuple(float(dice[i, j]) for i, j in sorted(detected[rule])))
     return LesionEvaluation(
         num_reference=n_r, num_prediction=n_p,
         split_errors=int(np.count_nonzero((inter > 0).sum(axis=1) >= 2)),

@@ -128,7 +128,15 @@ def iou_from_counts(c: Counts) -> float:
 
 
 def dice(reference, prediction) -> float:
-    """Dice of two binary masks (1.0 when both are empty, as LiTS)."""
+    """Dice of two binary masks; 1.0 when both are empty.
+
+    The one Dice of autoliver: the trainer's validation, ``evaluate`` (through
+    :func:`dice_from_counts`) and ``find_best_configuration`` all score with it. Both empty counts 1,
+    as LiTS scores a tumour-free case without predicted tumour, rather than NaN left out of the
+    mean (nnU-Net's evaluation): a correct "no tumour here" is a result a clinician relies on, and
+    leaving it out would let the mean ignore every case a model got right by finding nothing while
+    still counting each false alarm as 0.
+    """
     return dice_from_counts(confusion_counts(reference, prediction))
 
 

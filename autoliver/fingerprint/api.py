@@ -46,6 +46,12 @@ def load_case_arrays(info: DatasetInfo, case: str):
 
     files = info.image_files(case)
     images = [read_image(f) for f in files]
+    from autoliver.io.checks import training_image_problems
+
+    # NaN/Inf voxels or an impossible voxel size would poison the dataset's statistics (and the plan)
+    problems = [p for img in images for p in training_image_problems(img, info.modality)]
+    if problems:
+        raise UserError(" ".join(problems))
     if info.phases_in_file:
         arr = images[0].array
         if arr.ndim != 4 or arr.shape[0] != info.phases_in_file:
@@ -128,9 +134,10 @@ def extract_fingerprint(info: DatasetInfo, preprocessed_dir: Path, num_processes
         except UserError as e:
             progress.say(f"fingerprint: {out} cannot be reused ({e}); computing it again.")
         else:
-            if [c.case for c in cached.cases] == cases:
+            if [c.case for c in cached.cases] == cases and cached.phases_in_file == info.phases_in_file:
                 return cached
-            progress.say(f"fingerprint: the cases of {info.name} changed since {out} was written; computing it again.")
+            progress.say(f"fingerprint: the cases (or phases_in_file) of {info.name} changed since {out} was written; "
+                         "computing it again.")
     num_samples = max(MIN_SAMPLES_PER_CASE, FOREGROUND_SAMPLES_TOTAL // len(cases))
     results = _run_cases(info, cases, num_samples, num_processes)
     summaries = [results[c][0] for c in cases]
@@ -144,6 +151,6 @@ def extract_fingerprint(info: DatasetInfo, preprocessed_dir: Path, num_processes
         schema_version=SCHEMA_VERSION, dataset_name=info.name, modality=info.modality, channel_names=channels,
         labels=dict(info.labels), num_phases=info.num_phases, crop_rule=rule,
         foreground_intensity=tuple(stats.intensity_stats(pooled[c]) for c in range(pooled.shape[0])),
-        noise_sigma=noise, cases=tuple(summaries))
+        noise_sigma=noise, cases=tuple(summaries), phases_in_file=info.phases_in_file)
     write_fingerprint(out, fingerprint)
     return fingerprint

@@ -67,6 +67,7 @@ class Fingerprint:
     foreground_intensity: tuple[IntensityStats, ...]  # per channel, pooled over all cases' samples
     noise_sigma: tuple[float, ...]  # per channel, median over cases
     cases: tuple[CaseFingerprint, ...]
+    phases_in_file: int = 0  # dataset.json "phases_in_file": >0 = each case is one 4D file of this many phases
 
     @property
     def num_cases(self) -> int:

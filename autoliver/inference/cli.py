@@ -44,22 +44,23 @@ def run_find_best(args) -> int:
 
 def run_export(args) -> int:
     from autoliver import paths
-    from autoliver.inference.export import export_model, export_onnx
+    from autoliver.inference.export import export_model, export_onnx, onnx_network
     from autoliver.progress import say
 
     results = paths.root("results", args.results_dir)
     folder = results / paths.resolve_dataset(args.dataset, results)
     configs = [args.configuration] if args.configuration else None
-    out = export_model(folder, args.output, configs, list(args.folds) if args.folds else None, args.checkpoint)
+    folds = list(args.folds) if args.folds else None
+    # decided before anything is written, so a missing fold stops the command, not half of it
+    onnx = onnx_network(folder, args.configuration, folds, args.checkpoint) if args.onnx else None
+    out = export_model(folder, args.output, configs, folds, args.checkpoint)
     say(f"export: wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
     say(f"use it: autoliver predict -m {out} -i INPUT -o OUTPUT")
-    if args.onnx:
-        from autoliver.inference.model import read_choice, trained_folds
-
-        config = args.configuration or read_choice(folder).configurations[0]
-        fold = (list(args.folds) or trained_folds(folder / config, args.checkpoint))[0]
+    if onnx:
+        config, fold, why = onnx
         path = export_onnx(folder, config, fold, Path(args.output).with_suffix(".onnx"), args.checkpoint)
-        say(f"export: wrote {path} ({config}, fold {fold})")
+        say(f"export: wrote {path}: the network of {config}, fold {fold} ({why}; ONNX holds one network: "
+            "pass -c and -f for another)")
     return 0
 
 
@@ -96,6 +97,12 @@ def register(sub) -> None:
     p.add_argument("--postprocessing", choices=("auto", "none"), default="auto",
                    help="auto: the post-processing find_best_configuration chose; none: plain argmax")
     p.add_argument("--num-threads", type=int, default=0, help="CPU threads for the network (0: torch's default)")
+    p.add_argument("--replace-nonfinite", type=float, default=None, metavar="VALUE",
+                   help="replace NaN/Inf voxels by VALUE (e.g. -1000 for CT) instead of refusing the scan; the "
+                        "output says how many were replaced")
+    p.add_argument("--dicom-series", default=None, metavar="UID",
+                   help="the SeriesInstanceUID to read when a DICOM folder holds several series (the error "
+                        "message lists them)")
     add_folder_args(p, "results")
     add_progress_arg(p)
     p.set_defaults(func=run_predict)

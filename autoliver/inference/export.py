@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from autoliver.errors import UserError
 from autoliver.inference.model import (CHOICE_FILE, CHOICE_SCHEMA_VERSION, InferenceChoice, configuration_of,
-                                       read_choice, trained_configurations, trained_folds)
+                                       previous_stage_folder, read_choice, trained_configurations, trained_folds)
 from autoliver.postprocessing import NONE
 from autoliver.schema import dumps
 
@@ -36,7 +36,7 @@ def _stage_closure(model_dir: Path, configurations: list[str]) -> list[str]:
         if plans.is_file():
             config = read_plan(plans).configurations.get(configuration_of(name))
             if config is not None and config.previous_stage:
-                todo.append(config.previous_stage)
+                todo.append(previous_stage_folder(name, config.previous_stage))
     return out
 
 
@@ -130,9 +130,47 @@ def open_model(path: str | os.PathLike, stack: contextlib.ExitStack) -> Path:
     return target
 
 
+def onnx_network(model_dir: str | os.PathLike, configuration: str | None = None, folds: list[str] | None = None,
+                 checkpoint: str = "final") -> tuple[str, str, str]:
+    """Which one network ``export --onnx`` writes: (configuration folder, fold, why that one).
+
+    -c, else the chosen configuration (``inference_choice.json``), else the only trained one; -f's
+    first fold, else the choice's first fold, else the configuration's first trained fold. Raises
+    a UserError naming what to pass when nothing decides.
+    """
+    model_dir = Path(model_dir)
+    choice = read_choice(model_dir)
+    from_choice = not configuration and choice is not None
+    if from_choice:
+        configuration = choice.configurations[0]
+    elif not configuration:
+        trained = trained_configurations(model_dir, checkpoint)
+        if len(trained) != 1:
+            raise UserError(f"--onnx: {model_dir} has {len(trained)} trained configurations "
+                            f"({', '.join(trained) or 'none'}) and no {CHOICE_FILE}; pass -c CONFIGURATION or run "
+                            "find_best_configuration first.")
+        configuration = trained[0]
+    available = trained_folds(model_dir / configuration, checkpoint)
+    if folds:
+        fold, why = folds[0], "the first fold of -f" if len(folds) > 1 else "-f"
+    elif from_choice and choice.folds:
+        fold = choice.folds[0]
+        why = ("the chosen ensemble's first configuration and fold" if len(choice.configurations) > 1
+               else "the chosen configuration's first fold")
+    elif available:
+        fold, why = available[0], "its first trained fold"
+    else:
+        raise UserError(f"--onnx: {model_dir / configuration} has no fold with checkpoint_{checkpoint}.pt; "
+                        f"train it first or pass -c with a trained configuration.")
+    if fold not in available:
+        raise UserError(f"--onnx: fold {fold} of {configuration} has no checkpoint_{checkpoint}.pt "
+                        f"(trained: {', '.join(available) or 'none'}); pass -f with one of them.")
+    return configuration, fold, why
+
+
 def export_onnx(model_dir: str | os.PathLike, configuration: str, fold: str, output: str | os.PathLike,
                 checkpoint: str = "final") -> Path:
-    """One fold's network as ONNX (input (1, C, *patch), dynamic spatial size)."""
+    """One fold's network as ONNX (input (1, C, *patch), dynamic spatial size), written atomically."""
     import torch
 
     from autoliver.training.checkpoint import load_trained_model
@@ -142,11 +180,17 @@ def export_onnx(model_dir: str | os.PathLike, configuration: str, fold: str, out
     x = torch.zeros((1, config.network.in_channels, *config.patch_size))
     spatial = {i + 2: f"s{i}" for i in range(len(config.patch_size))}
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    os.close(fd)
     try:
         with warnings.catch_warnings():  # the tracer's notes on shape checks do not concern the user
             warnings.simplefilter("ignore")
-            torch.onnx.export(network, (x,), str(output), input_names=["image"], output_names=["logits"],
+            torch.onnx.export(network, (x,), tmp, input_names=["image"], output_names=["logits"],
                               dynamic_axes={"image": spatial, "logits": spatial}, dynamo=False)
+        os.replace(tmp, output)
     except (ImportError, ModuleNotFoundError) as e:
         raise UserError(f"--onnx: ONNX export needs the onnx package ({e}); pip install onnx") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return output

@@ -8,6 +8,10 @@ IN may be
 * a folder of image files — nnU-Net style ``{case}_{channel:04d}{ending}`` or, for single-channel
   models, any image file — and/or of DICOM series sub-folders.
 
+A model trained on one 4D file of phases per case (dataset.json ``phases_in_file``) takes one file
+per case here too (``num_channels`` is 1); that the file holds the right volumes is checked when it
+is read (:func:`autoliver.preprocessing.pipeline.check_input_layout`).
+
 Each case's segmentation is ``OUT/{case}{ending}``: the input's own file type, NIfTI for DICOM.
 """
 from __future__ import annotations

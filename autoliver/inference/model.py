@@ -40,6 +40,7 @@ class InferenceChoice:
     cv_dice: dict[str, float]  # label name → cross-validated Dice of the choice (post-processed)
     candidates: dict[str, dict[str, float]] = field(default_factory=dict)  # "a+b" → label → Dice
     predict_command: str = ""
+    cv_predictions: str = ""  # how the cross-validation predictions judged were made (mirroring, step)
 
 
 def write_choice(folder: str | os.PathLike, choice: InferenceChoice) -> Path:
@@ -67,6 +68,7 @@ class StageModel:
     folds: list[str] = field(default_factory=list)
     previous: "StageModel | None" = None
     mirror_axes: tuple[int, ...] | None = None  # None: every patch axis
+    folder: str = ""  # the model folder it came from: ``3d_fullres``, ``3d_fullres__adam`` (a recipe)
 
     @property
     def name(self) -> str:
@@ -90,11 +92,12 @@ class Model:
 
     @property
     def num_channels(self) -> int:
-        """Input files per case (a 4D file of phases counts as one)."""
-        return len(self.plan.channel_names)
+        """Input files per case: one per channel, or one when the model was trained on one 4D file
+        of phases per case (dataset.json ``phases_in_file``)."""
+        return 1 if self.plan.phases_in_file else len(self.plan.channel_names)
 
     def describe(self) -> str:
-        parts = [f"{s.name} (folds {', '.join(s.folds)})" for s in self.stages]
+        parts = [f"{s.folder or s.name} (folds {', '.join(s.folds)})" for s in self.stages]
         return " + ".join(parts) + f"; post-processing: {self.postprocessing.describe()}"
 
 
@@ -135,8 +138,9 @@ def _load_stage(model_dir: Path, name: str, folds: list[str] | None, checkpoint:
         networks.append(net)
     previous = None
     if config.previous_stage:
-        previous = _load_stage(model_dir, config.previous_stage, folds, checkpoint, device)
-    return StageModel(plan, config, networks, list(folds), previous)
+        previous = _load_stage(model_dir, previous_stage_folder(name, config.previous_stage), folds, checkpoint,
+                               device)
+    return StageModel(plan, config, networks, list(folds), previous, folder=name)
 
 
 def load_model(model_dir: str | os.PathLike, configurations: list[str] | None = None, folds: list[str] | None = None,
@@ -183,6 +187,13 @@ def load_model(model_dir: str | os.PathLike, configurations: list[str] | None = 
 def configuration_of(folder_name: str) -> str:
     """The plan configuration of a results folder: ``3d_fullres__adam`` (a non-default recipe) → ``3d_fullres``."""
     return folder_name.split("__", 1)[0]
+
+
+def previous_stage_folder(folder_name: str, previous_stage: str) -> str:
+    """The folder of a cascade's first stage: trained with the cascade's recipe, because the cascade
+    learnt from that stage's predictions (``3d_cascade_fullres__adam`` → ``3d_lowres__adam``)."""
+    _, _, recipe = folder_name.partition("__")
+    return previous_stage + (f"__{recipe}" if recipe else "")
 
 
 def _fast_configuration(model_dir: Path, configurations: list[str], checkpoint: str) -> str:

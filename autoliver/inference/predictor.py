@@ -51,6 +51,8 @@ class PredictOptions:
     device: str = "cpu"
     save_probabilities: bool = False
     tile_progress: bool = False  # a progress bar per tile (the per-case bar is drawn by predict_cases)
+    replace_nonfinite: float | None = None  # the value for NaN/Inf voxels; None: they are an error
+    dicom_series: str | None = None  # SeriesInstanceUID to read from a folder of several series
 
 
 @dataclass
@@ -71,8 +73,32 @@ class CaseResult:
 # --- one case --------------------------------------------------------------------------------
 
 
-def read_case(case: InputCase) -> list[Image]:
-    return [read_image(p) for p in case.sources]
+def read_case(case: InputCase, dicom_series: str | None = None) -> list[Image]:
+    return [read_image(p, dicom_series) for p in case.sources]
+
+
+def check_case(model: Model, images: list[Image], options: PredictOptions) -> tuple[list[Image], list[str]]:
+    """Every input image checked (autoliver.io.checks) against what the model expects; raises
+    UserError listing the problems, or returns the images (NaN/Inf replaced when asked) and warnings."""
+    from autoliver.io.checks import check_image
+
+    configurations, todo = [], list(model.stages)
+    while todo:  # every configuration that sees the scan, a cascade's first stage included
+        stage = todo.pop(0)
+        configurations.append(stage.configuration)
+        todo += [stage.previous] if stage.previous is not None else []
+    checked = [check_image(im, modality=model.stages[0].plan.modality, replace_nonfinite=options.replace_nonfinite,
+                           configurations=configurations) for im in images]
+    return [c.image for c in checked], [w for c in checked for w in c.warnings]
+
+
+def no_liver_warning(case: str, segmentation: np.ndarray, labels: dict[str, int]) -> str | None:
+    """A predicted scan without a single liver voxel is worth a word: wrong body part, wrong
+    modality or an unusable scan, rather than a patient without a liver."""
+    if "liver" in labels and not np.any(segmentation == labels["liver"]):
+        return (f"{case}: no liver found (not one voxel labelled liver); check that the scan shows the abdomen "
+                "and is what the model was trained on. The segmentation is written anyway.")
+    return None
 
 
 def preprocess_for(stage: StageModel, images: list[Image], previous_seg: np.ndarray | None = None, case: str = ""):
@@ -238,14 +264,15 @@ class _Loaded:
     images: list[Image] | None = None  # kept only when a cascade or the CRF needs the voxels later
     preprocessed: list | None = None  # per stage: (data, props), or None for a cascade stage
     error: BaseException | None = None
+    warnings: tuple[str, ...] = ()  # what the input checks found (the case is still predicted)
 
 
-def _load(model: Model, case: InputCase) -> _Loaded:
+def _load(model: Model, case: InputCase, options: PredictOptions = PredictOptions()) -> _Loaded:
     try:
-        images = read_case(case)
+        images, warns = check_case(model, read_case(case, options.dicom_series), options)
         pre = [None if s.previous is not None else preprocess_for(s, images, case=case.name) for s in model.stages]
         keep = model.postprocessing.crf or any(p is None for p in pre)
-        return _Loaded(case, _geometry_only(images[0]), images if keep else None, pre)
+        return _Loaded(case, _geometry_only(images[0]), images if keep else None, pre, warnings=tuple(warns))
     except BaseException as e:  # handed to the main thread, which reports it with the case name
         return _Loaded(case, error=e)
 
@@ -268,7 +295,7 @@ def predict_cases(model: Model, cases: list[InputCase], output_dir: str | os.Pat
         for c in cases:
             if stop.is_set():
                 break
-            prefetch.put(_load(model, c))
+            prefetch.put(_load(model, c, options))
         prefetch.put(None)
 
     reader_thread = threading.Thread(target=reader, name="autoliver-reader", daemon=True)
@@ -279,7 +306,9 @@ def predict_cases(model: Model, cases: list[InputCase], output_dir: str | os.Pat
     def collect(p):
         name, fut = p
         try:
-            fut.result()
+            note = fut.result()[1]
+            if note:
+                progress.say(f"predict: warning: {note}")
         except UserError as e:
             failures[name] = str(e)
         bar.update(1)
@@ -288,6 +317,8 @@ def predict_cases(model: Model, cases: list[InputCase], output_dir: str | os.Pat
 
     try:
         while (item := prefetch.get()) is not None:
+            for w in item.warnings:
+                progress.say(f"predict: warning: {w}")
             if item.error is not None:
                 if isinstance(item.error, UserError):
                     failures[item.case.name] = str(item.error)
@@ -320,10 +351,11 @@ def predict_cases(model: Model, cases: list[InputCase], output_dir: str | os.Pat
 
 
 def _export(model: Model, case: InputCase, outputs: list[StageOutput], like: Image, options: PredictOptions,
-            output_dir: Path, image: np.ndarray | None) -> Path:
+            output_dir: Path, image: np.ndarray | None) -> tuple[Path, str | None]:
     try:
         result = finish_case(model, outputs, like, options, image)
-        return write_result(case, result, like, output_dir, model.labels)
+        path = write_result(case, result, like, output_dir, model.labels)
+        return path, no_liver_warning(case.name, result.segmentation, model.labels)
     except UserError:
         raise
     except Exception as e:

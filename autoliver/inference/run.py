@@ -5,8 +5,12 @@ Everything here reads arguments and the file system, then hands arrays and datac
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import re
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from autoliver.inference.predictor import PROBABILITIES_SUFFIX, PredictOptions
 FAST_STEP_SIZE = 0.9  # --fast: barely overlapping tiles (about 1.4x fewer tiles per axis than 0.5)
 # Temporary names of atomic writes (autoliver.io.images and the .npz writer) left by a killed run.
 STALE_TEMP_RE = re.compile(r"^\.(.+\.[A-Za-z0-9_]{6,}\.(nii\.gz|nii|nrrd|mha|mhd|nhdr)|.+\.tmp\d+\.npz)$")
+# ... and the hidden folders in which a .mhd/.nhdr header and its data file are written together.
+STALE_TEMP_DIR_RE = re.compile(r"^\..+\.(mhd|nhdr)\.tmp\d+\.[A-Za-z0-9_]{6,}\.dir$")
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ class PredictRequest:
     device: str = "auto"
     postprocessing: str = "auto"  # "auto" (the chosen recipe) | "none"
     num_threads: int | None = None
+    replace_nonfinite: float | None = None  # --replace-nonfinite: NaN/Inf voxels become this value
+    dicom_series: str | None = None  # --dicom-series: the SeriesInstanceUID to read
 
 
 def select_part(cases: list[InputCase], num_parts: int, part_id: int) -> list[InputCase]:
@@ -67,6 +75,9 @@ def remove_stale_temporaries(output: Path) -> list[Path]:
         for p in output.iterdir():
             if p.is_file() and STALE_TEMP_RE.match(p.name):
                 p.unlink(missing_ok=True)
+                removed.append(p)
+            elif p.is_dir() and STALE_TEMP_DIR_RE.match(p.name):
+                shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
 
@@ -96,10 +107,17 @@ def model_folder(req: PredictRequest, stack) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def warnings_as_lines(command: str):
+    """Python warnings (from reading, from the checks) as one plain line each, like the rest of
+    the command's output, instead of 'file:line: UserWarning: …'."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: progress.say(f"{command}: warning: {message}")
+        yield
+
+
 def predict(req: PredictRequest) -> int:
     """Run a prediction request; returns the exit code (0, or 1 when some cases failed)."""
-    import contextlib
-
     import torch
 
     from autoliver.inference.model import load_model
@@ -108,6 +126,8 @@ def predict(req: PredictRequest) -> int:
 
     if req.step_size is not None and not 0 < req.step_size <= 1:
         raise UserError(f"--step-size: must be in (0, 1] (a fraction of the patch), got {req.step_size}")
+    if req.replace_nonfinite is not None and not math.isfinite(req.replace_nonfinite):
+        raise UserError(f"--replace-nonfinite: must be a finite number, got {req.replace_nonfinite}")
     if req.num_threads is not None and req.num_threads < 0:
         raise UserError(f"--num-threads: must be >= 0, got {req.num_threads}")
     output = check_output_folder(req.output, req.input)
@@ -115,6 +135,7 @@ def predict(req: PredictRequest) -> int:
         torch.set_num_threads(req.num_threads)
     device = resolve_device(req.device)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(warnings_as_lines("predict"))
         folder = model_folder(req, stack)
         model = load_model(folder, list(req.configurations) or None, list(req.folds) or None, req.checkpoint,
                            device=device, postprocessing=NONE if req.postprocessing == "none" else None,
@@ -127,7 +148,8 @@ def predict(req: PredictRequest) -> int:
         skipped = len(cases) - len(todo)
         step = req.step_size if req.step_size is not None else (FAST_STEP_SIZE if req.fast else 0.5)
         options = PredictOptions(step_size=step, mirror=req.tta and not req.fast, device=device,
-                                 save_probabilities=req.save_probabilities, tile_progress=progress.enabled())
+                                 save_probabilities=req.save_probabilities, tile_progress=progress.enabled(),
+                                 replace_nonfinite=req.replace_nonfinite, dicom_series=req.dicom_series)
         part = f" (part {req.part_id + 1} of {req.num_parts})" if req.num_parts > 1 else ""
         progress.say(f"predict: {len(todo)} case(s){part} → {output}"
                      + (f"; {skipped} already done (--continue)" if skipped else ""))
@@ -161,5 +183,6 @@ def request_from_args(args) -> PredictRequest:
         step_size=args.step_size, tta=not args.disable_tta, fast=args.fast,
         save_probabilities=args.save_probabilities, resume=args.resume, num_parts=args.num_parts,
         part_id=args.part_id, device=args.device, postprocessing=args.postprocessing,
-        num_threads=args.num_threads or None)
+        num_threads=args.num_threads or None, replace_nonfinite=args.replace_nonfinite,
+        dicom_series=args.dicom_series)
 

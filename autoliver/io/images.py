@@ -8,11 +8,18 @@ Files whose NIfTI direction cosines are not orthonormal (ITK refuses them) are r
 nibabel; the direction is re-orthonormalised for computation (with a warning), and writing a
 segmentation like such an input reuses the input's own NIfTI header and affine, so the output
 lines up with the input voxel for voxel in any viewer.
+
+Reading refuses what would silently give wrong voxels (:mod:`autoliver.io.checks`): a NIfTI file
+is decompressed to its end and its voxels taken as stored (ITK reads a truncated file, and NaN,
+as zeros); a DICOM folder's series is chosen by SeriesInstanceUID and its slices must be evenly
+spaced. ``.mhd``/``.nhdr`` are written with their data file, atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -25,6 +32,7 @@ from autoliver.errors import UserError
 from autoliver.schema import publish, temporary_prefix
 
 SUPPORTED_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
+DETACHED_ENDINGS = (".mhd", ".nhdr")  # a header plus a separate data file
 # Labels are written with the smallest type that holds them; uint8 covers 0/1/2.
 LABEL_DTYPE = np.uint8
 
@@ -97,6 +105,8 @@ class Image:
     # and header, so that a segmentation written "like" this image keeps them exactly.
     nifti_affine: np.ndarray | None = None
     nifti_header: object | None = None
+    # What reading had to assume (e.g. no orientation in the header); shown to the user by the checks.
+    notes: tuple[str, ...] = ()
 
     @property
     def spacing_zyx_mm(self):
@@ -121,19 +131,81 @@ def _geometry_of(img: sitk.Image) -> Geometry:
     )
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _dicom_tag(path: str, *keys: str) -> list[str]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return [reader.GetMetaData(k).strip() if reader.HasMetaDataKey(k) else "" for k in keys]
+
+
+@contextlib.contextmanager
+def _itk_quiet():
+    """Silence ITK's raw C++ warnings (printed straight to stderr); what matters is said in our words."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
+    """The folder's image series, chosen by SeriesInstanceUID, read only when its slices are evenly
+    spaced (a missing slice must not be stacked as if the series were uniform)."""
+    from autoliver.io.checks import NON_IMAGE_MODALITIES, dicom_orientation_problem, slice_spacing_problem
+
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
+    with _itk_quiet():  # "no DICOM files / not a series" lines for a folder of other files: said below
+        series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise UserError(f"{folder}: no DICOM series found in this folder. Point -i at a folder of .dcm slices.")
     files_per_series = {s: reader.GetGDCMSeriesFileNames(str(folder), s) for s in series}
-    # A folder may also hold a SEG or a scout; the image is the series with the most slices.
-    best = max(files_per_series, key=lambda s: len(files_per_series[s]))
+    about = {}  # uid -> (modality, description)
+    for uid, files in files_per_series.items():
+        try:
+            about[uid] = tuple(_dicom_tag(files[0], "0008|0060", "0008|103e"))
+        except RuntimeError:
+            about[uid] = ("", "")
+    images = [u for u in series if about[u][0].upper() not in NON_IMAGE_MODALITIES]
+    listing = "; ".join(f"{u or '(no UID)'}: {about[u][0] or '?'} '{about[u][1]}', {len(files_per_series[u])} "
+                        "file(s)" for u in series)
+    if series_uid is not None:
+        if series_uid not in series:
+            raise UserError(f"--dicom-series {series_uid}: not a series of {folder}; it holds {listing}.")
+        chosen = series_uid
+    elif len(images) == 1:
+        chosen = images[0]
+    else:
+        raise UserError(f"{folder}: holds {len(images) or 'no'} DICOM image series ({listing}); pick one with "
+                        "--dicom-series UID.")
     if len(series) > 1:
-        warnings.warn(f"{folder}: {len(series)} DICOM series found; reading the largest "
-                      f"({len(files_per_series[best])} files).", stacklevel=3)
-    reader.SetFileNames(files_per_series[best])
-    return reader.Execute()
+        warnings.warn(f"{folder}: {len(series)} DICOM series found ({listing}); reading "
+                      f"{chosen or '(no UID)'}.", stacklevel=3)
+    files = files_per_series[chosen]
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # every slice's tags, read with its voxels (no second pass)
+    with _itk_quiet():  # ITK's raw "non uniform sampling" line: said below, in our words
+        image = reader.Execute()
+
+    def tag(i: int, key: str) -> list[float] | None:
+        text = reader.GetMetaData(i, key).strip() if reader.HasMetaDataKey(i, key) else ""
+        try:
+            return [float(v) for v in text.split("\\")] if text else None
+        except ValueError:
+            return None
+
+    positions = [tag(i, "0020|0032") for i in range(len(files))]
+    orientations = [tag(i, "0020|0037") for i in range(len(files))]
+    if all(p is not None and len(p) == 3 for p in positions) and all(o is not None and len(o) == 6
+                                                                    for o in orientations):
+        problem = (dicom_orientation_problem(orientations, str(folder))
+                   or slice_spacing_problem(positions, orientations[0], str(folder)))
+        if problem:
+            raise UserError(problem)
+    elif len(files) > 1:
+        raise UserError(f"{folder}: the slices lack ImagePositionPatient/ImageOrientationPatient, so their order "
+                        "and spacing are unknown. Export the series with its geometry tags.")
+    return image
 
 
 def _orthonormalise(direction: np.ndarray) -> np.ndarray:
@@ -148,6 +220,11 @@ def _read_with_nibabel(path: Path) -> Image:
     data = np.asanyarray(nii.dataobj)
     affine = nii.affine.astype(np.float64)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    from autoliver.io.checks import direction_problems, spacing_problems
+
+    problems = spacing_problems(zooms, str(path)) or direction_problems(affine[:3, :3] / zooms, str(path))
+    if problems:  # re-orthonormalising a singular matrix would invent an orientation
+        raise UserError(problems[0])
     direction_ras = affine[:3, :3] / zooms
     lps = np.diag([-1.0, -1.0, 1.0])
     direction = _orthonormalise(lps @ direction_ras)
@@ -169,32 +246,98 @@ def _read_with_nibabel(path: Path) -> Image:
                  nifti_header=nii.header.copy())
 
 
-def read_image(path: str | os.PathLike) -> Image:
-    """Read a scan or label map. Raises UserError naming the file when it cannot be read."""
+def read_image(path: str | os.PathLike, dicom_series: str | None = None) -> Image:
+    """Read a scan or label map. Raises UserError naming the file when it cannot be read.
+
+    NIfTI files are read to their end (:func:`autoliver.io.checks.read_nifti_checked`): ITK reads
+    a truncated file without a word. ``dicom_series``: the SeriesInstanceUID to read when a DICOM
+    folder holds several series.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found.")
     ending = file_ending(path)
+    notes: list[str] = []
     try:
         if ending in ("", ".dcm"):
             folder = path if path.is_dir() else path.parent
-            img = _read_dicom_series(folder)
+            img = _read_dicom_series(folder, dicom_series)
             ending = ".nii.gz"  # segmentations of DICOM series are written as NIfTI (see README)
+        elif ending in (".nii", ".nii.gz"):
+            img, array, notes = _read_nifti(path)
         else:
             img = sitk.ReadImage(str(path))
     except RuntimeError as e:
         msg = str(e)
         if ending in (".nii", ".nii.gz") and ("orthonormal" in msg or "direction" in msg.lower()):
             return _read_with_nibabel(path)
+        if "spacing" in msg.lower():
+            msg += " (the header's voxel size is zero or invalid)"
         raise UserError(f"{path}: cannot read this image ({msg.strip().splitlines()[-1][:200]}). "
                         "Check that the file is complete and a supported format.") from None
-    array = sitk.GetArrayFromImage(img)
-    if img.GetNumberOfComponentsPerPixel() > 1:
+    if isinstance(img, sitk.Image) and img.GetNumberOfComponentsPerPixel() > 1:
         raise UserError(f"{path}: vector-valued (multi-component) pixels are not supported; "
                         "store each channel as its own file (_0000, _0001, …).")
+    if isinstance(img, sitk.Image):
+        array = sitk.GetArrayFromImage(img)
+        if ending in (".nii", ".nii.gz") and np.issubdtype(array.dtype, np.floating):
+            array = _with_stored_nonfinite(path, array)
     if array.ndim == 2:
         array = array[None]
-    return Image(array, _geometry_of(img), str(path), ending)
+    return Image(array, _geometry_of(img), str(path), ending, notes=tuple(notes))
+
+
+# ITK pixel types whose voxels are the file's stored values (no scaling, one component).
+_PLAIN_PIXELS = {sitk.sitkUInt8: np.uint8, sitk.sitkInt8: np.int8, sitk.sitkUInt16: np.uint16,
+                 sitk.sitkInt16: np.int16, sitk.sitkUInt32: np.uint32, sitk.sitkInt32: np.int32,
+                 sitk.sitkUInt64: np.uint64, sitk.sitkInt64: np.int64, sitk.sitkFloat32: np.float32,
+                 sitk.sitkFloat64: np.float64}
+
+
+def _read_nifti(path: Path):
+    """(ITK image or header-only reader, voxels or None, notes). The file is decompressed once, by
+    the check that reads it to its end; ITK reads only the header (its geometry is the
+    reference) unless the voxels need converting (scaled or unusual types), which ITK then does."""
+    from autoliver.io.checks import read_nifti_checked
+
+    nifti = read_nifti_checked(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    header = nifti.header
+    slope, inter = (float(header["scl_slope"]), float(header["scl_inter"]))
+    unscaled = (np.isnan(slope) or slope in (0.0, 1.0)) and (np.isnan(inter) or inter == 0.0)
+    dtype = np.dtype(header.get_data_dtype())
+    shape = tuple(reversed(reader.GetSize()))
+    offset = int(header["vox_offset"])
+    plain = _PLAIN_PIXELS.get(reader.GetPixelID())
+    if (unscaled and reader.GetNumberOfComponents() == 1 and plain is not None
+            and offset >= int(header["sizeof_hdr"])
+            and dtype.newbyteorder("=") == np.dtype(plain)
+            and int(np.prod(shape)) * dtype.itemsize == len(nifti.buffer) - offset):
+        # stored values as they are: NaN/Inf stay NaN/Inf (ITK would read them as 0)
+        array = np.frombuffer(nifti.buffer, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+        if not dtype.isnative:
+            array = array.astype(dtype.newbyteorder("="))
+        return reader, array, nifti.notes
+    notes = nifti.notes
+    del nifti
+    return reader.Execute(), None, notes
+
+
+def _with_stored_nonfinite(path: Path, array: np.ndarray) -> np.ndarray:
+    """ITK reads NaN/Inf voxels of a NIfTI file as 0; put the stored values back so that the
+    checks see them (a NaN block must not become background silently)."""
+    import nibabel as nib
+
+    stored = np.asanyarray(nib.load(str(path)).dataobj).T
+    if stored.shape != array.shape:
+        return array
+    bad = ~np.isfinite(stored)
+    if bad.any():
+        array = array.copy()
+        array[bad] = stored[bad]
+    return array
 
 
 def _atomic_target(path: Path) -> Path:
@@ -219,6 +362,9 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
         img.SetSpacing(spacing), img.SetOrigin(origin), img.SetDirection(tuple(d.ravel()))
     else:
         geometry.to_sitk(img)
+    if file_ending(path) in DETACHED_ENDINGS:
+        _write_detached(img, path, compress)
+        return
     tmp = _atomic_target(path)
     try:
         sitk.WriteImage(img, str(tmp), useCompression=compress)
@@ -226,6 +372,23 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry, 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_detached(img: sitk.Image, path: Path, compress: bool) -> None:
+    """A header with a separate data file (.mhd + .raw/.zraw, .nhdr + .raw/.raw.gz): both are
+    written under their final names inside a hidden temporary folder beside ``path`` (the header
+    names its data file, so the names must be final), then the data file is moved into place and
+    the header last: a header in place means its data is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=temporary_prefix(path), suffix=".dir", dir=path.parent))
+    try:
+        sitk.WriteImage(img, str(folder / path.name), useCompression=compress)
+        for f in sorted(folder.iterdir()):
+            if f.name != path.name:
+                publish(f, path.parent / f.name)
+        publish(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_like(path: str | os.PathLike, array: np.ndarray, like: Image) -> None:

@@ -13,15 +13,20 @@ PLANS_FILE = "plans.json"
 
 def load_or_extract_fingerprint(dataset_name: str, preprocessed_dir: Path, raw_dir: str | Path | None = None,
                                 num_processes: int = 2):
+    from autoliver.datasets.dataset import parse_dataset_json
     from autoliver.fingerprint.api import FINGERPRINT_FILE, extract_fingerprint
     from autoliver.fingerprint.fingerprint import read_fingerprint
 
     path = Path(preprocessed_dir) / dataset_name / FINGERPRINT_FILE
-    if path.is_file():
-        return read_fingerprint(path)
-    from autoliver.datasets.dataset import parse_dataset_json
-
     folder = paths.root("raw", raw_dir) / dataset_name
+    if path.is_file():
+        cached = read_fingerprint(path)
+        # A fingerprint written before it recorded phases_in_file: the dataset says how its phases
+        # are stored (prediction must ask for the same files), so extract_fingerprint checks it.
+        if cached.num_phases > 1 and not cached.phases_in_file and (folder / "dataset.json").is_file():
+            return extract_fingerprint(parse_dataset_json(folder), Path(preprocessed_dir),
+                                       num_processes=num_processes)
+        return cached
     if not folder.is_dir():
         raise UserError(f"{path}: missing, and the raw dataset {folder} to compute it from does not exist. "
                         f"Run autoliver extract_fingerprint -d {dataset_name} first.")

@@ -25,7 +25,8 @@ class ChannelNormalization:
 
     scheme: ``ct`` (clip to [lower, upper], then (x − mean) / std with dataset foreground stats),
     ``zscore`` (per case, over the body), ``hu_window`` (clip to [lower, upper], scale to [0, 1]),
-    ``liver_zscore`` (clip to [lower, upper], z-score with the liver mask's stats of the case),
+    ``liver_zscore`` (clip to [lower, upper], z-score with a label-free estimate of the case's liver
+    statistics, the same in training and prediction; fixed ``mean``/``std`` when not 0, 1),
     ``histeq`` (clip, then histogram equalisation to [0, 1]), ``none``.
     """
 
@@ -105,6 +106,10 @@ class Plan:
     memory_budget_bytes: int
     configurations: dict[str, Configuration]
     reasons: dict[str, str] = field(default_factory=dict)  # plan-wide decisions (target spacing, skipped configurations)
+    # How a case's channels are stored (dataset.json "phases_in_file"): 0 = one 3D file per channel
+    # ({case}_0000, _0001, …); N > 0 = one 4D file ({case}_0000) holding the N phases. Prediction
+    # asks for the same files as training had.
+    phases_in_file: int = 0
 
     def configuration(self, name: str) -> Configuration:
         from autoliver.errors import choose

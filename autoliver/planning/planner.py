@@ -143,7 +143,9 @@ class _Planner:
             elif scheme in ("hu_window", "liver_zscore", "histeq"):
                 lo, hi = (p.hu_window if fp.modality == "CT" else (st.percentile_00_5, st.percentile_99_5))
                 norms.append(ChannelNormalization(scheme, float(lo), float(hi)))
-                what = {"hu_window": "scale to [0, 1]", "liver_zscore": "z-score inside the case's liver mask",
+                what = {"hu_window": "scale to [0, 1]",
+                        "liver_zscore": "z-score with the case's label-free liver estimate (median, IQR of the "
+                                        "body voxels in the window), the same in training and prediction",
                         "histeq": "histogram equalisation to [0, 1]"}[scheme]
                 src = "preset window" if fp.modality == "CT" else "foreground p0.5/p99.5"
                 reasons.append(f"{name}: clip to {src} [{lo:.4g}, {hi:.4g}], {what}")
@@ -342,7 +344,7 @@ class _Planner:
         return Plan(schema_version=SCHEMA_VERSION, dataset_name=fp.dataset_name, preset=p.name, modality=fp.modality,
                     channel_names=tuple(fp.channel_names), labels=dict(fp.labels), num_phases=fp.num_phases,
                     device=self.budget.device, memory_budget_bytes=self.usable, configurations=ordered,
-                    reasons=plan_reasons)
+                    reasons=plan_reasons, phases_in_file=fp.phases_in_file)
 
     def coarsened(self, name: str, target, median, threshold: float, **kwargs) -> tuple[Configuration | None, bool]:
         """nnU-Net's 3d_lowres search: coarsen the spacing by ``lowres_spacing_step`` — only the axes more

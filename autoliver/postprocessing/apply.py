@@ -1,8 +1,8 @@
 """The post-processing recipe (a small JSON-able dataclass) and the function that applies it.
 
 ``find_best_configuration`` decides each field on cross-validation (a step is kept only when it
-raises the Dice of the label it acts on) and stores the recipe in its choice file; ``predict``
-applies it to every case.
+raises the Dice of the label it acts on and loses no reference lesion; CRF settings among a small
+grid) and stores the recipe in its choice file; ``predict`` applies it to every case.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autoliver.ops.crf import CRFParams
 from autoliver.postprocessing import steps
 
 
@@ -18,6 +19,7 @@ class Postprocessing:
     """Which steps to run after the network (all off = plain argmax).
 
     crf: refine probabilities with the 3D dense CRF (needs the image).
+    crf_params: the CRF settings ``find_best_configuration`` chose (None: ``CRFParams()``, Christ et al.'s).
     otsu: labels from Otsu thresholds of the probabilities instead of argmax.
     keep_largest_liver: keep only the largest connected component of liver ∪ tumour.
     tumour_in_liver: drop tumour components farther than ``tumour_margin_mm`` from the liver.
@@ -30,6 +32,7 @@ class Postprocessing:
     tumour_in_liver: bool = False
     tumour_margin_mm: float = 5.0
     min_lesion_ml: float = 0.0
+    crf_params: CRFParams | None = None
 
     @property
     def needs_probabilities(self) -> bool:
@@ -37,6 +40,8 @@ class Postprocessing:
 
     def describe(self) -> str:
         parts = [name for name in ("crf", "otsu", "keep_largest_liver") if getattr(self, name)]
+        if self.crf and self.crf_params is not None:
+            parts[0] = f"crf({describe_crf(self.crf_params)})"
         if self.tumour_in_liver:
             parts.append(f"tumour_in_liver({self.tumour_margin_mm:g} mm)")
         if self.min_lesion_ml > 0:
@@ -47,6 +52,14 @@ class Postprocessing:
 NONE = Postprocessing()
 
 
+def describe_crf(params: CRFParams) -> str:
+    """The settings that differ from ``CRFParams()``, e.g. 'appearance_intensity_sigma=0.05'."""
+    default = CRFParams()
+    changed = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in vars(params).items()
+               if getattr(default, k) != v]
+    return ", ".join(changed) or "defaults"
+
+
 def labels_from_probabilities(probabilities: np.ndarray, recipe: Postprocessing, labels: dict[str, int],
                               image: np.ndarray | None = None, spacing_zyx_mm=None, crf_params=None) -> np.ndarray:
     """(K, z, y, x) probabilities → (z, y, x) uint8 labels, with the probability steps of ``recipe``."""
@@ -55,7 +68,7 @@ def labels_from_probabilities(probabilities: np.ndarray, recipe: Postprocessing,
     if recipe.crf:
         if image is None or spacing_zyx_mm is None:
             raise ValueError("labels_from_probabilities: the CRF step needs the image and its spacing")
-        p = steps.dense_crf(p, image, spacing_zyx_mm, crf_params)
+        p = steps.dense_crf(p, image, spacing_zyx_mm, crf_params or recipe.crf_params)
     if recipe.otsu:
         return steps.labels_by_otsu(p, liver, tumour)
     return steps.argmax_labels(p)

@@ -11,12 +11,13 @@ Schemes (raw intensities in, float32 out):
   from the plan (nnU-Net's CT scheme).
 - ``zscore``: (x - mean) / std with the case's own statistics over the body (see cropping).
 - ``hu_window``: clip to [lower, upper] and scale to [0, 1].
-- ``liver_zscore``: clip to [lower, upper], then z-score with the statistics of the liver
-  (label > 0, tumours included) of this case. Without a label (prediction) or without liver
-  voxels, the plan's ``mean``/``std`` are used: the planner stores the dataset's typical liver
-  statistics there. If the plan leaves them at their defaults (0, 1), a robust estimate from the
-  case is used instead: median and interquartile spread of the body voxels inside the window.
-  Which one was used is recorded in the case's properties (``source``).
+- ``liver_zscore``: clip to [lower, upper], then z-score with a label-free estimate of the
+  case's liver statistics: median and interquartile spread (/ 1.349) of the body voxels inside the
+  window, where the liver dominates the soft tissue of an abdominal CT. The reference label is never
+  used, so training (label known) and prediction (no label) normalise a case identically; with
+  the label, the network would learn on intensities that prediction cannot reproduce. If the plan
+  sets ``mean``/``std`` (other than the defaults 0, 1), those fixed numbers are used instead, in
+  both. Which one was used is recorded in the case's properties (``source``).
 - ``histeq``: clip to [lower, upper], then histogram equalisation over the body voxels to [0, 1].
 - ``none``: unchanged (as float32).
 """
@@ -47,7 +48,7 @@ class NormalizationParams:
     upper: float = 0.0
     mean: float = 0.0
     std: float = 1.0
-    source: str = "plan"  # where mean/std came from: plan | case | label | case_estimate
+    source: str = "plan"  # where mean/std came from: plan | case | case_estimate
     cdf: tuple[float, ...] = field(default=(), repr=False)  # histeq lookup table over [lower, upper]
 
     def summary(self) -> dict:
@@ -73,11 +74,9 @@ def _chunks(volume: np.ndarray, mask: np.ndarray | None) -> Iterator[tuple[torch
         yield x, m
 
 
-def _moments(volume: np.ndarray, mask: np.ndarray | None, clip: tuple[float, float] | None) -> tuple[int, float, float]:
+def _moments(volume: np.ndarray, mask: np.ndarray | None) -> tuple[int, float, float]:
     n, s, ss = 0, 0.0, 0.0
     for x, m in _chunks(volume, mask):
-        if clip is not None:
-            x.clamp_(*clip)
         v = x[m] if m is not None else x.reshape(-1)
         v = v.to(torch.float64)
         n += v.numel()
@@ -106,12 +105,12 @@ def _quantile_from_histogram(counts: np.ndarray, lower: float, upper: float, q: 
     return lower + (min(i, len(counts) - 1) + 0.5) * (upper - lower) / len(counts)
 
 
-def resolve_normalization(volume: np.ndarray, norm: ChannelNormalization, *, body: np.ndarray | None = None,
-                          liver: np.ndarray | None = None) -> NormalizationParams:
+def resolve_normalization(volume: np.ndarray, norm: ChannelNormalization, *,
+                          body: np.ndarray | None = None) -> NormalizationParams:
     """Measure what ``norm`` needs from one (z, y, x) channel of a cropped case.
 
-    ``body``: bool mask of the body (for ``zscore``, ``histeq`` and the ``liver_zscore`` fallback);
-    ``liver``: bool mask of the liver when the label is known (``liver_zscore`` at training time).
+    ``body``: bool mask of the body (for ``zscore``, ``histeq`` and ``liver_zscore``). No scheme
+    looks at the label: what training measures, prediction must be able to measure too.
     """
     check_normalization(norm, "normalization")
     lo, hi = float(norm.lower), float(norm.upper)
@@ -122,7 +121,7 @@ def resolve_normalization(volume: np.ndarray, norm: ChannelNormalization, *, bod
     if norm.scheme == "ct":
         return NormalizationParams("ct", lo, hi, float(norm.mean), float(norm.std), "plan")
     if norm.scheme == "zscore":
-        n, mean, std = _moments(volume, body if body is not None and body.any() else None, None)
+        n, mean, std = _moments(volume, body if body is not None and body.any() else None)
         return NormalizationParams("zscore", mean=mean, std=max(std, MIN_STD), source="case")
     if norm.scheme == "histeq":
         counts = _histogram(volume, body if body is not None and body.any() else None, lo, hi)
@@ -130,9 +129,6 @@ def resolve_normalization(volume: np.ndarray, norm: ChannelNormalization, *, bod
         cdf = cdf / cdf[-1] if cdf[-1] > 0 else np.linspace(0.0, 1.0, len(cdf))
         return NormalizationParams("histeq", lo, hi, source="case", cdf=tuple(float(c) for c in cdf))
     # liver_zscore
-    if liver is not None and liver.any():
-        _, mean, std = _moments(volume, liver, (lo, hi))
-        return NormalizationParams("liver_zscore", lo, hi, mean, max(std, MIN_STD), "label")
     if (norm.mean, norm.std) != (0.0, 1.0):
         return NormalizationParams("liver_zscore", lo, hi, float(norm.mean), float(norm.std), "plan")
     # Robust estimate: soft tissue inside the window; the liver dominates it in an abdominal CT.

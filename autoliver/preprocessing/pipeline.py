@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -68,6 +69,10 @@ def preprocessing_hash(plan: Plan, config: Configuration) -> str:
     cfg = effective_configuration(plan, config)
     key = {"version": PREPROCESSING_VERSION, "modality": plan.modality, "labels": plan.labels,
            "channel_names": list(plan.channel_names), **_preprocessing_settings(cfg)}
+    if any(n.scheme == "liver_zscore" for n in cfg.normalization):
+        # liver_zscore data once used the label's statistics; such data is stale (redone), data of
+        # other schemes is unchanged and keeps its hash.
+        key["liver_zscore_statistics"] = "label-free case estimate"
     return hashlib.sha256(dumps(key).encode()).hexdigest()[:16]
 
 
@@ -80,6 +85,45 @@ def target_spacing(config: Configuration, spacing_zyx_mm: Sequence[float]) -> tu
 # ----------------------------------------------------------------------------------------------
 # Inputs
 # ----------------------------------------------------------------------------------------------
+
+def expected_input(plan: Plan, case: str = "", ending: str = ".nii.gz") -> str:
+    """What files a case of ``plan`` consists of, in words (for error messages)."""
+    n, c = len(plan.channel_names), case or "case"
+    if plan.phases_in_file:
+        return f"one 4D file of {n} phases per case ({c}_0000{ending}, (t, z, y, x))"
+    if n == 1:
+        return f"1 channel ({c}_0000{ending}, 3D)"
+    return f"{n} channels ({c}_0000{ending} … {c}_{n - 1:04d}{ending}, 3D each)"
+
+
+def check_input_layout(images: Sequence[Image], plan: Plan, case: str = "") -> None:
+    """Raise a one-line UserError when the images of a case do not hold the plan's channels.
+
+    The volumes a case gives must be the plan's channels: one 3D file per channel, or one 4D
+    file whose volumes are the channels (accepted whatever layout the dataset had: same voxels).
+    Anything else would reach the network with the wrong channels, or stop it with a traceback.
+    """
+    if not images:
+        return  # stack_channels says so
+    n = len(plan.channel_names)
+    volumes = [im.array.shape[0] if im.array.ndim == 4 else 1 for im in images]
+    one_4d = len(images) == 1 and images[0].array.ndim == 4
+    if sum(volumes) == n and (one_4d or all(im.array.ndim == 3 for im in images)):
+        return
+    first = images[0]
+    ending = first.ending or ".nii.gz"
+    name = Path(first.path).name if first.path else "image"
+    if len(images) == 1 and first.array.ndim == 4:
+        got = f"a 4D image with {volumes[0]} volumes ({name})"
+    elif len(images) == 1:
+        got = f"a {first.array.ndim}D image ({name})"
+    else:
+        got = f"{len(images)} files ({', '.join(f'{im.array.ndim}D' for im in images)})"
+    how = (f"Give each case as one 4D file of its {n} phases, as in training" if plan.phases_in_file
+           else "Give one 3D file per channel")
+    where = f"case {case}" if case else "preprocess_case"
+    raise UserError(f"{where}: the model takes {expected_input(plan, case, ending)}; got {got}. {how}.")
+
 
 def stack_channels(images: Sequence[Image], case: str = "") -> tuple[list[np.ndarray], Image]:
     """The channel arrays of a case: one Image per channel, or one 4D Image (phases first)."""
@@ -186,6 +230,7 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
     :func:`revert_to_original` needs (JSON-ready).
     """
     cfg = effective_configuration(plan, config)
+    check_input_layout(images, plan, case)
     arrays, first = stack_channels(images, case)
     geometry = first.geometry
     shape = tuple(int(n) for n in arrays[0].shape)
@@ -205,10 +250,11 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
     if cfg.denoise.enabled:
         channels = [denoise(c, spacing, cfg.denoise.domain_sigma_mm, cfg.denoise.range_sigma) for c in channels]
 
+    # The label never enters normalisation (see normalization.py): training data must be what
+    # prediction will make of the same scan.
     body = cropping.body_mask(channels, plan.modality) if any(n.scheme in _NEEDS_BODY for n in norms) else None
-    liver = seg_c > 0 if seg_c is not None and any(n.scheme == "liver_zscore" for n in norms) else None
-    params = [normalization.resolve_normalization(ch, n, body=body, liver=liver) for ch, n in zip(channels, norms)]
-    del body, liver
+    params = [normalization.resolve_normalization(ch, n, body=body) for ch, n in zip(channels, norms)]
+    del body
 
     new_spacing = target_spacing(cfg, spacing)
     new_shape = resampling.shape_for_spacing(crop_shape, spacing, new_spacing)

@@ -54,7 +54,7 @@ class CaseOutcome:
     ok: bool
     folder: str = ""  # which data identifier's folder the case was for
     seconds: float = 0.0
-    message: str = ""  # one line for the user when it failed
+    message: str = ""  # one line for the user when it failed, or the input checks' warnings when it did not
     detail: str = ""  # traceback for the log (unexpected errors only)
     shape_zyx: tuple = ()
 
@@ -137,17 +137,21 @@ def _run_task(task: _Task) -> CaseOutcome:
     try:
         import torch
 
+        from autoliver.io.checks import check_image
         from autoliver.io.images import read_image
         from autoliver.preprocessing.pipeline import preprocess_case
 
         torch.set_num_threads(task.threads)
         config = task.plan.configuration(task.configuration)
-        images = [read_image(f) for f in task.image_files]
+        # training data: NaN/Inf, impossible voxel sizes and orientations are errors (autoliver.io.checks)
+        checked = [check_image(read_image(f), modality=task.plan.modality, training=True) for f in task.image_files]
+        images = [c.image for c in checked]
+        warns = " ".join(w for c in checked for w in c.warnings)
         seg = read_image(task.label_file).array if task.label_file else None
         data, seg_out, props = preprocess_case(images, task.plan, config, seg, case=task.case)
         del images, seg
         storage.write_case(task.folder, task.case, data, seg_out, props, nthreads=task.threads)
-        return outcome(True, shape=tuple(data.shape[1:]))
+        return outcome(True, warns, shape=tuple(data.shape[1:]))
     except UserError as e:
         return outcome(False, str(e).replace("\n", " "))
     except MemoryError:
@@ -473,6 +477,9 @@ def _run(info: DatasetInfo, plan: Plan, todo: list[_Task], num_processes: int, b
         if o.ok:
             summary.done.append(o)
             log.write(f"ok {o.case}: {o.seconds:.2f} s, shape {list(o.shape_zyx)}")
+            if o.message:
+                log.write(f"warning {o.case}: {o.message}")
+                bar.write(f"preprocess: warning: {o.message}", file=sys.stderr)
         else:
             summary.failed.append(o)
             log.write(f"FAILED {o.case}: {o.message}" + (f"\n{o.detail}" if o.detail else ""))

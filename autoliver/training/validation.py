@@ -5,8 +5,9 @@ Every validation case is predicted whole (Gaussian-weighted sliding window,
 compared with its reference labels there. ``validation/summary.json`` holds, per case and as
 means over cases, two Dice scores per label: ``dice`` (voxels with exactly that label) and
 ``dice_region`` (voxels with that label or a higher one — for LiTS labels, the liver's region is
-liver + tumour, the challenge's "liver Dice"). A Dice whose reference and prediction are both
-empty is ``null`` and left out of the means.
+liver + tumour, the challenge's "liver Dice"). Dice is :func:`autoliver.evaluation.metrics.dice`,
+the one function ``evaluate`` and ``find_best_configuration`` use too: a label that is absent from
+both the reference and the prediction scores 1 (LiTS's convention, see there).
 
 Where the preprocessing can map arrays back to the original grid, the predicted labels are
 also written as ``validation/{case}.nii.gz`` in the original scan's geometry (and, on request,
@@ -28,24 +29,19 @@ import torch
 import torch.nn.functional as F
 
 from autoliver import progress
+from autoliver.evaluation.metrics import dice
 from autoliver.planning.plan import Configuration, Plan
 from autoliver.preprocessing import storage
 from autoliver.schema import write_json
 
 SUMMARY_FILE = "summary.json"
-
-
-def dice(pred: np.ndarray, ref: np.ndarray) -> float | None:
-    p, r = int(pred.sum()), int(ref.sum())
-    if p + r == 0:
-        return None
-    return 2.0 * int(np.logical_and(pred, ref).sum()) / (p + r)
+STEP_SIZE = 0.5  # as predict's default, so find_best_configuration judges tiles placed as predict places them
 
 
 def case_scores(pred: np.ndarray, ref: np.ndarray, labels: dict[str, int]) -> dict:
     fg = {name: v for name, v in labels.items() if v > 0}
-    return {"dice": {name: dice(pred == v, ref == v) for name, v in fg.items()},
-            "dice_region": {name: dice(pred >= v, ref >= v) for name, v in fg.items()}}
+    return {"dice": {name: dice(ref == v, pred == v) for name, v in fg.items()},
+            "dice_region": {name: dice(ref >= v, pred >= v) for name, v in fg.items()}}
 
 
 def summarize(per_case: list[dict], labels: dict[str, int]) -> dict:
@@ -130,26 +126,32 @@ def _export_original(out_dir: Path, case: str, probabilities: np.ndarray, props:
 @torch.inference_mode()
 def validate(network, plan: Plan, config: Configuration, folder: Path, cases: list[str], out_dir: Path, *,
              device: torch.device, previous_stage: Path | None = None, next_stages: dict[str, tuple[Path, Path]] | None = None,
-             save_probabilities: bool = False, export: bool = True, show_progress: bool = True) -> list[dict]:
+             save_probabilities: bool = False, export: bool = True, show_progress: bool = True,
+             mirror: bool | None = None) -> list[dict]:
     """Predict ``cases`` whole and score them; returns the per-case entries (rank-local under DDP).
 
     next_stages: next configuration name → (its preprocessed folder, where to store the labels).
+    mirror: mirroring test-time augmentation over every patch axis, as ``predict`` does by default;
+    None: on a GPU only (on a CPU it multiplies the validation's cost by 4 in 2D, 8 in 3D). Each
+    entry records ``mirrored`` and ``step_size``, and the summary says how the predictions were made.
     """
     predict_logits = _predict_logits()
     network.eval()
     num_classes = config.network.num_classes
-    mirror = tuple(range(len(config.patch_size))) if device.type == "cuda" else None
+    if mirror is None:
+        mirror = device.type == "cuda"
+    mirror_axes = tuple(range(len(config.patch_size))) if mirror else None
     out_dir.mkdir(parents=True, exist_ok=True)
     entries, not_exported = [], set()
     revert = _revert_function()
     for case in (progress.bar(cases, desc="validation", unit="case", leave=False) if show_progress else cases):
         image, seg, props = network_input(folder, case, num_classes, previous_stage)
-        logits = predict_logits(network, torch.from_numpy(image), config.patch_size, step_size=0.5,
-                                mirror_axes=mirror, device=device)
+        logits = predict_logits(network, torch.from_numpy(image), config.patch_size, step_size=STEP_SIZE,
+                                mirror_axes=mirror_axes, device=device)
         probabilities = torch.softmax(logits.float(), dim=0)
         pred = probabilities.argmax(0).numpy()
         ref = np.maximum(seg[0], 0)
-        entry = {"case": case, **case_scores(pred, ref, plan.labels)}
+        entry = {"case": case, **case_scores(pred, ref, plan.labels), "mirrored": bool(mirror), "step_size": STEP_SIZE}
         if export:
             why = _export_original(out_dir, case, probabilities.numpy(), props, config, save_probabilities, revert)
             entry["exported"] = not why
@@ -166,6 +168,13 @@ def validate(network, plan: Plan, config: Configuration, folder: Path, cases: li
 
 
 def write_summary(out_dir: Path, entries: list[dict], labels: dict[str, int], info: dict) -> dict:
-    summary = {**info, **summarize(entries, labels)}
+    """summary.json: ``info``, the means and per-case scores, and how the cases were predicted
+    (``mirroring``, ``step_size``: what ``find_best_configuration`` reports its choice was judged on)."""
+    made = {}
+    if entries and all("mirrored" in e for e in entries):
+        mirrored = {e["mirrored"] for e in entries}
+        made = {"mirroring": mirrored.pop() if len(mirrored) == 1 else "mixed",
+                "step_size": max(e["step_size"] for e in entries)}
+    summary = {**info, **made, **summarize(entries, labels)}
     write_json(out_dir / SUMMARY_FILE, summary)
     return summary
