@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    progress.log_to_stderr()
     if getattr(args, "no_progress", False):
         progress.set_enabled(False)
     try:

@@ -12,10 +12,15 @@ five folds of 3d_fullres for the normal mode, one fold of 3d_lowres (when the pl
 resident memory (ru_maxrss) is that of one ``autoliver predict`` and nothing else.
 
 Set AUTOLIVER_BENCH_THREADS to change the torch threads (default 2, the machine this targets).
+
+With AUTOLIVER_NNUNET_PYTHON (a Python with nnU-Net v2, see ANCHORS.md) two more rows run one
+nnU-Net v2 model folder with the same network, fold and settings: nnU-Net's own predictor, and
+autoliver's (``predict -m`` on that folder; needs ``autoliver[nnunet]`` in this Python).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -240,33 +245,72 @@ def test_peak_memory_512x512x1000(benchmark, workspace):
 
 
 NNUNET_PYTHON = os.environ.get("AUTOLIVER_NNUNET_PYTHON")
+needs_nnunet = pytest.mark.skipif(not NNUNET_PYTHON, reason="set AUTOLIVER_NNUNET_PYTHON to a Python with nnU-Net v2 "
+                                  "installed (see ANCHORS.md) to compare with its predictor")
+# The same settings on both sides: one fold, no mirroring, step 0.9 (what --fast runs).
+SAME_SETTINGS = {"nnunet": ["-f", "0", "-step_size", "0.9", "--disable_tta"],
+                 "autoliver": ["-f", "0", "--step-size", "0.9", "--disable-tta"]}
 
 
-@pytest.mark.skipif(not NNUNET_PYTHON, reason="set AUTOLIVER_NNUNET_PYTHON to a Python with nnU-Net v2 installed "
-                                             "(see ANCHORS.md) to compare with its predictor")
-def test_nnunet_v2_predictor_same_network(benchmark, workspace):
-    """nnU-Net v2's predictor on the same scan with an equal network (PlainConvUNet, the plan's
-    stages/kernels/strides, random weights), as ``--fast`` runs it: the configuration ``--fast``
-    picks (3d_lowres when the plan has it), one fold, no mirroring, step 0.9."""
+@pytest.fixture(scope="module")
+def nnunet_model(workspace):
+    """An nnU-Net v2 model folder whose network equals the plan's (PlainConvUNet, the plan's
+    stages/kernels/strides, random weights), for the configuration ``--fast`` picks (3d_lowres
+    when the plan has it); built by nnU-Net's Python (see _nnunet_model.py)."""
     plan = workspace["plan"]
     configuration = "3d_lowres" if "3d_lowres" in plan.configurations else "3d_fullres"
     root = workspace["root"]
     model = root / f"nnunet_{configuration}"
-    plans_json = root / "model" / configuration / "plans.json"
-    subprocess.run([NNUNET_PYTHON, str(HERE / "_nnunet_model.py"), str(plans_json), configuration, str(model), "0"],
-                   check=True)
+    if not model.is_dir():
+        plans_json = root / "model" / configuration / "plans.json"
+        subprocess.run([NNUNET_PYTHON, str(HERE / "_nnunet_model.py"), str(plans_json), configuration, str(model),
+                        "0"], check=True)
+    return configuration, model
+
+
+@needs_nnunet
+def test_nnunet_v2_predictor_same_network(benchmark, workspace, nnunet_model):
+    """nnU-Net v2's predictor on the same scan with an equal network, as ``--fast`` runs it: the
+    configuration ``--fast`` picks, one fold, no mirroring, step 0.9."""
+    configuration, model = nnunet_model
+    root = workspace["root"]
     out = root / f"out_nnunet_{configuration}"
     env = {**os.environ, "OMP_NUM_THREADS": THREADS, "nnUNet_raw": str(root), "nnUNet_preprocessed": str(root),
            "nnUNet_results": str(root)}
     cmd = [NNUNET_PYTHON, "-c", "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
            "from nnunetv2.inference.predict_from_raw_data import predict_entry_point_modelfolder as m; "
            "sys.argv = ['nnUNetv2_predict_from_modelfolder'] + sys.argv[2:]; m()", THREADS,
-           "-i", str(workspace["scans"]), "-o", str(out), "-m", str(model), "-f", "0", "-step_size", "0.9",
-           "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
+           "-i", str(workspace["scans"]), "-o", str(out), "-m", str(model), *SAME_SETTINGS["nnunet"],
+           "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar"]
     results = []
     benchmark.pedantic(lambda: results.append(_run_measured(cmd, env)), rounds=1, iterations=1)
     r = results[-1]
     benchmark.extra_info.update({"tree_peak_rss_gib": round(r["tree_peak_gib"], 2)})
     print(f"\nnnU-Net v2 {configuration}, 1 fold, no TTA, step 0.9: {r['wall']:.1f} s wall, "
           f"peak RSS of its processes {r['tree_peak_gib']:.2f} GiB")
+    assert (out / "ct200.nii.gz").is_file()
+
+
+@needs_nnunet
+@pytest.mark.skipif(importlib.util.find_spec("dynamic_network_architectures") is None,
+                    reason="autoliver needs dynamic-network-architectures to run nnU-Net models: "
+                           'pip install "autoliver[nnunet]"')
+def test_autoliver_runs_the_nnunet_model(benchmark, workspace, nnunet_model):
+    """autoliver's predictor on the same nnU-Net model folder (``predict -m``: nnU-Net's
+    preprocessing and export, autoliver's sliding window), same settings as the row above."""
+    configuration, model = nnunet_model
+    out = workspace["root"] / f"out_autoliver_nnunet_{configuration}"
+    results = []
+
+    def once():
+        for p in out.glob("*"):
+            p.unlink()
+        results.append(_predict(["-i", str(workspace["scans"]), "-o", str(out), "-m", str(model),
+                                 *SAME_SETTINGS["autoliver"]]))
+
+    benchmark.pedantic(once, rounds=1, iterations=1)
+    r = results[-1]
+    benchmark.extra_info.update({"peak_rss_gib": round(r["peak_gib"], 2), "tree_peak_rss_gib": round(r["tree_peak_gib"], 2)})
+    print(f"\nautoliver on nnU-Net's {configuration} folder, 1 fold, no TTA, step 0.9: {r['seconds']:.1f} s wall "
+          f"({r['process_wall']:.1f} s with interpreter start and imports), peak RSS {r['peak_gib']:.2f} GiB")
     assert (out / "ct200.nii.gz").is_file()

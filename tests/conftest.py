@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoliver import progress
+
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# Status lines go to stderr as the command line shows them, so tests of the API read them too.
+progress.log_to_stderr()
 
 
 def shared_data_path(*parts: str) -> Path:

@@ -8,7 +8,7 @@ import pytest
 
 from autoliver.errors import UserError
 from autoliver.inference.inputs import check_output_folder, find_cases
-from autoliver.inference.run import remove_stale_temporaries, select_part
+from autoliver.inference.api import remove_stale_temporaries, select_part
 from autoliver.io.images import Geometry, write_image
 from conftest import shared_data_path
 

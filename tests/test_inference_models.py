@@ -1,6 +1,7 @@
 """Model variants at prediction time: cascade, 2D, ensembles of configurations, --fast, export zip."""
 from __future__ import annotations
 
+import json
 import zipfile
 
 import numpy as np
@@ -288,6 +289,18 @@ def test_onnx_export_matches_torch(zoo, tmp_path):
     path = export_onnx(zoo, "3d_fullres", "0", tmp_path / "net.onnx")
     x = np.random.default_rng(0).standard_normal((1, 1, 32, 64, 32)).astype(np.float32)  # not the patch size
     y = ort.InferenceSession(str(path)).run(None, {"image": x})[0]
-    net, _, _ = load_trained_model(zoo / "3d_fullres" / "fold_0")
+    net, plan, config = load_trained_model(zoo / "3d_fullres" / "fold_0")
     with torch.no_grad():
         np.testing.assert_allclose(y, net(torch.from_numpy(x)).numpy(), atol=1e-4)
+    # the file says how to use it without autoliver: grid, normalisation, channels, patch, labels
+    meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["spacing_zyx_mm"]) == list(config.spacing_zyx_mm)
+    assert json.loads(meta["patch_size"]) == list(config.patch_size)
+    assert json.loads(meta["labels"]) == plan.labels == {"background": 0, "liver": 1, "tumour": 2}
+    assert json.loads(meta["channel_names"]) == list(plan.channel_names) and meta["modality"] == plan.modality
+    norm = json.loads(meta["normalization"])
+    assert [(n["scheme"], n["lower"], n["upper"], n["mean"], n["std"]) for n in norm] == [
+        (c.scheme, c.lower, c.upper, c.mean, c.std) for c in config.normalization]
+    assert json.loads(meta["autoliver.model"]) == {"dataset": plan.dataset_name, "configuration": "3d_fullres",
+                                                   "fold": "0", "checkpoint": "final", "recipe": "default"}
+    assert "softmax over axis 1" in meta["output"]

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from autoliver.cli import main
 from autoliver.errors import UserError, UserErrors
-from autoliver.inference.run import remove_stale_temporaries
+from autoliver.inference.api import remove_stale_temporaries
 from autoliver.io.checks import (check_image, direction_problems, hu_evidence, size_problems, slice_spacing_problem,
                                  spacing_problems)
 from autoliver.io.images import Geometry, Image, read_image, write_image

@@ -9,7 +9,30 @@ from autoliver.cli import add_command, add_dataset_arg, add_folder_args, add_pro
 def run_predict(args) -> int:
     from autoliver.inference.run import predict, request_from_args
 
+    resolve_predict_habits(args)
     return predict(request_from_args(args))
+
+
+NNUNET_CHECKPOINTS = {"checkpoint_final.pth": "final", "checkpoint_best.pth": "best"}
+
+
+def resolve_predict_habits(args) -> None:
+    """nnU-Net's predict spellings that need more than a second option name (in place)."""
+    from autoliver.errors import UserError
+
+    if args.nnunet_checkpoint is not None:
+        chk = NNUNET_CHECKPOINTS.get(args.nnunet_checkpoint)
+        if chk is None:
+            raise UserError(f"-chk {args.nnunet_checkpoint}: must be one of {', '.join(NNUNET_CHECKPOINTS)}")
+        if args.checkpoint is not None and args.checkpoint != chk:
+            raise UserError(f"-chk {args.nnunet_checkpoint} and --checkpoint {args.checkpoint} disagree; give one")
+        args.checkpoint = chk
+    if args.nnunet_trainer not in (None, "nnUNetTrainer"):
+        raise UserError(f"-tr {args.nnunet_trainer}: autoliver maps nnUNetTrainer (its default recipe); a model "
+                        "trained with another recipe is its own folder: pass -c 3d_fullres__RECIPE")
+    if args.nnunet_plans not in (None, "nnUNetPlans"):
+        raise UserError(f"-p {args.nnunet_plans}: autoliver keeps one plan per dataset (nnUNetPlans in nnU-Net's "
+                        "terms); to run a model nnU-Net trained, pass its folder with -m")
 
 
 def run_ensemble(args) -> int:
@@ -81,19 +104,23 @@ def register(sub) -> None:
                                                                    "every trained fold)")
     p.add_argument("--checkpoint", choices=("final", "best"), default=None,
                    help="which checkpoint of each fold (default: the choice's, else final)")
-    p.add_argument("--step-size", type=float, default=None,
+    p.add_argument("--step-size", "-step_size", type=float, default=None,
                    help="sliding-window step as a fraction of the patch (default 0.5; --fast: 0.9)")
-    p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation (8x faster in 3D)")
+    p.add_argument("--disable-tta", "--disable_tta", action="store_true",
+                   help="no mirroring test-time augmentation (8x faster in 3D)")
     p.add_argument("--fast", action="store_true",
                    help="CPU-friendly: one fold, no TTA, step 0.9, 3d_lowres instead of a full-resolution 3D "
                         "configuration when it is trained")
-    p.add_argument("--save-probabilities", action="store_true",
+    p.add_argument("--save-probabilities", "--save_probabilities", action="store_true",
                    help="also write {case}.npz with class probabilities (float16) on the scan's grid")
-    p.add_argument("--continue", dest="resume", action="store_true",
+    p.add_argument("--continue", "--continue_prediction", dest="resume", action="store_true",
                    help="skip cases whose segmentation already exists (outputs are written atomically)")
-    p.add_argument("--num-parts", type=int, default=1, help="split the cases into this many parts (for several machines)")
-    p.add_argument("--part-id", type=int, default=0, help="which part this run predicts (0 … num-parts - 1)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
+    p.add_argument("--num-parts", "-num_parts", type=int, default=1,
+                   help="split the cases into this many parts (for several machines)")
+    p.add_argument("--part-id", "-part_id", type=int, default=0,
+                   help="which part this run predicts (0 … num-parts - 1)")
+    p.add_argument("--device", "-device", default="auto",
+                   help="cpu, cuda, cuda:N or auto (a GPU when there is one)")
     p.add_argument("--postprocessing", choices=("auto", "none"), default="auto",
                    help="auto: the post-processing find_best_configuration chose; none: plain argmax")
     p.add_argument("--num-threads", type=int, default=0, help="CPU threads for the network (0: torch's default)")
@@ -103,6 +130,16 @@ def register(sub) -> None:
     p.add_argument("--dicom-series", default=None, metavar="UID",
                    help="the SeriesInstanceUID to read when a DICOM folder holds several series (the error "
                         "message lists them)")
+    p.add_argument("--output-type", choices=("nifti", "dicom_seg", "rtstruct"), default="nifti",
+                   help="for DICOM series input: nifti ({case}.nii.gz), dicom_seg ({case}_seg.dcm, a DICOM-SEG "
+                        "referencing the series) or rtstruct ({case}_rtstruct.dcm); needs autoliver[dicom]")
+    p.add_argument("-chk", dest="nnunet_checkpoint", default=None, metavar="FILE",
+                   help="nnU-Net's spelling of --checkpoint: checkpoint_final.pth or checkpoint_best.pth")
+    p.add_argument("-tr", dest="nnunet_trainer", default=None, metavar="TRAINER",
+                   help="nnU-Net's trainer name: only nnUNetTrainer (autoliver's default recipe; other recipes "
+                        "are folders: -c 3d_fullres__adam)")
+    p.add_argument("-p", dest="nnunet_plans", default=None, metavar="PLANS",
+                   help="nnU-Net's plans name: only nnUNetPlans (the dataset's one plan)")
     add_folder_args(p, "results")
     add_progress_arg(p)
     p.set_defaults(func=run_predict)

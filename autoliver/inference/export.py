@@ -168,15 +168,47 @@ def onnx_network(model_dir: str | os.PathLike, configuration: str | None = None,
     return configuration, fold, why
 
 
+def onnx_metadata(plan, config, recipe, configuration: str, fold: str, checkpoint: str) -> dict[str, str]:
+    """What a runtime needs to use the exported network without autoliver: how to prepare the input
+    (grid, normalisation, channels, patch), what the output means (labels), and where it came from.
+    Values are JSON text (ONNX metadata is string → string)."""
+    import json
+
+    from autoliver import __version__
+    from autoliver.schema import to_jsonable
+
+    kind = ("log-probabilities of nested regions (sigmoid outputs: liver = labels >= 1, tumour = label 2)"
+            if recipe.region else "logits of the classes (softmax over axis 1; argmax gives the label)")
+    return {
+        "autoliver.version": __version__,
+        "autoliver.model": json.dumps({"dataset": plan.dataset_name, "configuration": configuration, "fold": fold,
+                                       "checkpoint": checkpoint, "recipe": recipe.name}),
+        "input": ("float32 (1, C, z, y, x) for a 3D network, (1, C, y, x) for a 2D one: the scan resampled to "
+                  "spacing_zyx_mm and normalised per channel as 'normalization'; any spatial size divisible by "
+                  "the network's total stride; slide a window of patch_size over larger scans"),
+        "output": f"float32 (1, K, ...) {kind}",
+        "spacing_zyx_mm": json.dumps(list(config.spacing_zyx_mm)),
+        "patch_size": json.dumps(list(config.patch_size)),
+        "channel_names": json.dumps(list(plan.channel_names)),
+        "modality": plan.modality,
+        "normalization": json.dumps(to_jsonable(list(config.normalization))),
+        "labels": json.dumps(dict(plan.labels)),
+        "autoliver.configuration": json.dumps(to_jsonable(config)),
+    }
+
+
 def export_onnx(model_dir: str | os.PathLike, configuration: str, fold: str, output: str | os.PathLike,
                 checkpoint: str = "final") -> Path:
-    """One fold's network as ONNX (input (1, C, *patch), dynamic spatial size), written atomically."""
+    """One fold's network as ONNX (input (1, C, *patch), dynamic spatial size) with the metadata a
+    runtime needs (:func:`onnx_metadata`), written atomically."""
     import torch
 
-    from autoliver.training.checkpoint import load_trained_model
+    from autoliver.training.checkpoint import checkpoint_path, load_checkpoint, load_trained_model
+    from autoliver.training.recipes import recipe_from_dict
 
-    network, _, config = load_trained_model(Path(model_dir) / configuration / f"fold_{fold}", device="cpu",
-                                            which=checkpoint)
+    fold_dir = Path(model_dir) / configuration / f"fold_{fold}"
+    network, plan, config = load_trained_model(fold_dir, device="cpu", which=checkpoint)
+    recipe = recipe_from_dict(load_checkpoint(checkpoint_path(fold_dir, checkpoint))["recipe"])
     x = torch.zeros((1, config.network.in_channels, *config.patch_size))
     spatial = {i + 2: f"s{i}" for i in range(len(config.patch_size))}
     output = Path(output)
@@ -184,10 +216,16 @@ def export_onnx(model_dir: str | os.PathLike, configuration: str, fold: str, out
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     os.close(fd)
     try:
+        import onnx
+
         with warnings.catch_warnings():  # the tracer's notes on shape checks do not concern the user
             warnings.simplefilter("ignore")
             torch.onnx.export(network, (x,), tmp, input_names=["image"], output_names=["logits"],
                               dynamic_axes={"image": spatial, "logits": spatial}, dynamo=False)
+        proto = onnx.load(tmp)
+        for key, value in onnx_metadata(plan, config, recipe, configuration, fold, checkpoint).items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, tmp)
         os.replace(tmp, output)
     except (ImportError, ModuleNotFoundError) as e:
         raise UserError(f"--onnx: ONNX export needs the onnx package ({e}); pip install onnx") from None

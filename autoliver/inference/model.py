@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,12 @@ class StageModel:
     previous: "StageModel | None" = None
     mirror_axes: tuple[int, ...] | None = None  # None: every patch axis
     folder: str = ""  # the model folder it came from: ``3d_fullres``, ``3d_fullres__adam`` (a recipe)
+    # A model trained elsewhere (nnU-Net v2) brings its own preprocessing: (images, case) → (data,
+    # properties); None: autoliver's pipeline. Such a model may also resample its logits back to the
+    # scan and take the softmax there, as nnU-Net does (autoliver.inference.nnunet_model).
+    preprocess: Callable | None = None
+    softmax_after_resampling: bool = False
+    tile_weights: Callable | None = None  # patch length → 1D sliding-window weights; None: autoliver's Gaussian
 
     @property
     def name(self) -> str:
@@ -150,8 +157,14 @@ def load_model(model_dir: str | os.PathLike, configurations: list[str] | None = 
     the only trained configuration.
 
     fast: one fold, and ``3d_lowres`` in place of a full-resolution 3D configuration when it is trained.
+    An nnU-Net v2 training output folder (plans.json, dataset.json, fold_*/checkpoint_*.pth) loads
+    through :mod:`autoliver.inference.nnunet_model`.
     """
     model_dir = Path(model_dir)
+    from autoliver.inference.nnunet_model import is_nnunet_model_folder, load_nnunet_model
+
+    if is_nnunet_model_folder(model_dir):  # nnUNet_results/DatasetXXX/Trainer__Plans__configuration
+        return load_nnunet_model(model_dir, configurations, folds, checkpoint, device=device, fast=fast)
     choice = read_choice(model_dir)
     if checkpoint is None:
         checkpoint = choice.checkpoint if choice and not configurations else "final"

@@ -36,6 +36,7 @@ class _Mapping:
     first: np.ndarray  # per crop row: first network-grid slice it reads
     last: np.ndarray  # … and the last
     orders: tuple[int, int, int]
+    logits: bool = False  # values are logits (nnU-Net v2 models): softmax after interpolation
 
 
 def _mapping(probabilities, properties: dict, config) -> _Mapping:
@@ -50,7 +51,8 @@ def _mapping(probabilities, properties: dict, config) -> _Mapping:
     nz = mz != 0
     first = nz.argmax(axis=1)
     last = mz.shape[1] - 1 - nz[:, ::-1].argmax(axis=1)
-    return _Mapping(p, box, crop_shape, full_shape, mz.astype(np.float32), first, last, tuple(orders))
+    return _Mapping(p, box, crop_shape, full_shape, mz.astype(np.float32), first, last, tuple(orders),
+                    properties.get("values") == "logits")
 
 
 def _in_plane(x: torch.Tensor, size: tuple[int, int], orders: tuple[int, int]) -> torch.Tensor:
@@ -73,7 +75,9 @@ def _crop_rows(m: _Mapping, r0: int, r1: int) -> torch.Tensor:
     block = m.probabilities[:, i0:i1].float()
     w = torch.from_numpy(m.mz[r0:r1, i0:i1])
     rows = torch.einsum("rn,knyx->kryx", w, block)
-    return _in_plane(rows, m.crop_shape[1:], m.orders[1:])
+    rows = _in_plane(rows, m.crop_shape[1:], m.orders[1:])
+    # nnU-Net resamples logits and takes the softmax on the scan's grid; its models are exported so.
+    return torch.softmax(rows, dim=0) if m.logits else rows
 
 
 def _stage_rows(m: _Mapping, z0: int, z1: int) -> torch.Tensor:

@@ -48,11 +48,12 @@ PROBABILITIES_SUFFIX = ".npz"
 class PredictOptions:
     step_size: float = 0.5
     mirror: bool = True  # mirroring test-time augmentation
-    device: str = "cpu"
+    device: str | None = None  # None: where the model's networks are (the device is chosen once, at loading)
     save_probabilities: bool = False
     tile_progress: bool = False  # a progress bar per tile (the per-case bar is drawn by predict_cases)
     replace_nonfinite: float | None = None  # the value for NaN/Inf voxels; None: they are an error
     dicom_series: str | None = None  # SeriesInstanceUID to read from a folder of several series
+    output_type: str = "nifti"  # nifti (the input's own format; NIfTI for DICOM) | dicom_seg | rtstruct
 
 
 @dataclass
@@ -105,6 +106,8 @@ def preprocess_for(stage: StageModel, images: list[Image], previous_seg: np.ndar
     """(data (C, z, y, x) float32 with the cascade's one-hot channels, properties)."""
     from autoliver.preprocessing.pipeline import preprocess_case
 
+    if stage.preprocess is not None:  # a model trained elsewhere (nnU-Net v2): its own rules
+        return stage.preprocess(images, case)
     data, seg, props = preprocess_case(images, stage.plan, stage.configuration, seg=previous_seg, case=case)
     if stage.configuration.previous_stage:
         data = _append_one_hot(data, seg, stage)
@@ -134,6 +137,13 @@ def _mirror_axes(stage: StageModel, options: PredictOptions):
     return tuple(range(len(stage.configuration.patch_size)))
 
 
+def _device_of(network) -> torch.device:
+    """Where a network's weights are (the CPU for one without any)."""
+    tensor = next(network.parameters(), None)
+    tensor = tensor if tensor is not None else next(network.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
 def network_passes(model: Model, options: PredictOptions) -> int:
     """Network evaluations per tile position: every fold of every configuration (and of a
     cascade's first stage), times the mirrorings of test-time augmentation."""
@@ -152,13 +162,16 @@ def _slabs(n: int):
 
 @torch.inference_mode()
 def network_probabilities(stage: StageModel, data: np.ndarray, options: PredictOptions) -> torch.Tensor:
-    """Fold-averaged logits → softmax, float16 (K, z, y, x) on the network grid."""
+    """Fold-averaged logits → softmax, float16 (K, z, y, x) on the network grid (the logits
+    themselves for a stage with ``softmax_after_resampling``)."""
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     mean = None
     for i, network in enumerate(stage.networks):
+        device = options.device or _device_of(network)
         logits = predict_logits(network, tensor, stage.configuration.patch_size, step_size=options.step_size,
-                                mirror_axes=_mirror_axes(stage, options), device=options.device,
-                                progress=options.tile_progress, out_dtype=torch.float16)
+                                mirror_axes=_mirror_axes(stage, options), device=device,
+                                progress=options.tile_progress, out_dtype=torch.float16,
+                                weights_1d=stage.tile_weights)
         if mean is None:
             mean = logits
             continue
@@ -167,6 +180,8 @@ def network_probabilities(stage: StageModel, data: np.ndarray, options: PredictO
             m += (logits[:, s].float() - m) / (i + 1)
             mean[:, s] = m.half()
         del logits
+    if stage.softmax_after_resampling:  # logits go back to the scan; original_grid takes the softmax
+        return mean
     for s in _slabs(mean.shape[1]):
         mean[:, s] = torch.softmax(mean[:, s].float(), dim=0).half()
     return mean
@@ -203,11 +218,15 @@ def finish_case(model: Model, outputs: list[StageOutput], like: Image, options: 
     pp = model.postprocessing
     spacing = like.geometry.spacing_zyx_mm
     probs = None
-    if options.save_probabilities or pp.needs_probabilities:
+    if pp.needs_probabilities:
         probs = probabilities_on_original_grid(_stages(outputs))
         seg = labels_from_probabilities(probs, pp, model.labels, image=image, spacing_zyx_mm=spacing)
     else:
+        # the float32 argmax, whether or not probabilities are saved: --save-probabilities must not
+        # change the labels (an argmax of the float16 copy breaks near-ties differently)
         seg = to_original_labels(outputs)
+        if options.save_probabilities:
+            probs = probabilities_on_original_grid(_stages(outputs))
     seg = postprocess_labels(seg, spacing, pp, model.labels)
     return CaseResult(seg.astype(np.uint8, copy=False), probs if options.save_probabilities else None)
 
@@ -227,13 +246,21 @@ def _geometry_only(image: Image) -> Image:
     return dataclasses.replace(image, array=np.empty((0,), dtype=np.uint8))
 
 
-def write_result(case: InputCase, result: CaseResult, like: Image, output_dir: Path, labels: dict[str, int]) -> Path:
-    """Probabilities first, the segmentation last: its presence marks the case complete."""
+def write_result(case: InputCase, result: CaseResult, like: Image, output_dir: Path, labels: dict[str, int],
+                 options: PredictOptions = PredictOptions()) -> Path:
+    """Probabilities first, the segmentation last: its presence marks the case complete. For a
+    DICOM series, ``options.output_type`` may ask for a DICOM-SEG or an RTSTRUCT referencing it."""
     output_dir.mkdir(parents=True, exist_ok=True)
     if result.probabilities is not None:
         save_probabilities(output_dir / f"{case.name}{PROBABILITIES_SUFFIX}", result.probabilities, like, labels)
     path = case.output_path(output_dir)
-    write_like(path, result.segmentation, like)
+    if options.output_type == "nifti":
+        write_like(path, result.segmentation, like)
+    else:
+        from autoliver.io import dicom_out
+
+        write = dicom_out.write_dicom_seg if options.output_type == "dicom_seg" else dicom_out.write_rtstruct
+        write(path, result.segmentation, like.geometry, case.sources[0], labels, series_uid=options.dicom_series)
     return path
 
 
@@ -354,7 +381,7 @@ def _export(model: Model, case: InputCase, outputs: list[StageOutput], like: Ima
             output_dir: Path, image: np.ndarray | None) -> tuple[Path, str | None]:
     try:
         result = finish_case(model, outputs, like, options, image)
-        path = write_result(case, result, like, output_dir, model.labels)
+        path = write_result(case, result, like, output_dir, model.labels, options)
         return path, no_liver_warning(case.name, result.segmentation, model.labels)
     except UserError:
         raise

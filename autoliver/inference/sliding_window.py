@@ -73,9 +73,10 @@ def importance_map(patch_size: Sequence[int], sigma_scale: float = SIGMA_SCALE) 
     return out.astype(np.float32)
 
 
-def weight_sum_1d(size: int, patch: int, starts: Sequence[int], sigma_scale: float = SIGMA_SCALE) -> np.ndarray:
-    """Sum over tiles of the 1D Gaussian at every index of one axis (float64, > 0 where covered)."""
-    g = gaussian_1d(patch, sigma_scale)
+def weight_sum_1d(size: int, patch: int, starts: Sequence[int], sigma_scale: float = SIGMA_SCALE,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+    """Sum over tiles of the 1D Gaussian (or ``weights``) at every index of one axis (float64, > 0 where covered)."""
+    g = gaussian_1d(patch, sigma_scale) if weights is None else weights
     total = np.zeros(size, dtype=np.float64)
     for s in starts:
         total[s:s + patch] += g
@@ -138,7 +139,7 @@ def _pad_to_patch(data: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tenso
 def predict_logits(network, data, patch_size: Sequence[int], *, step_size: float = 0.5,
                    mirror_axes: Sequence[int] | None = None, device: str | torch.device = "cpu",
                    progress: bool = False, out_dtype=torch.float32, batch_size: int | None = None,
-                   sigma_scale: float = SIGMA_SCALE, num_classes: int | None = None):
+                   sigma_scale: float = SIGMA_SCALE, num_classes: int | None = None, weights_1d=None):
     """Gaussian-weighted sliding-window logits of one case.
 
     network: in eval mode, maps (B, C, *patch) to (B, K, *patch) logits (a 3D patch (z, y, x) or a
@@ -150,6 +151,8 @@ def predict_logits(network, data, patch_size: Sequence[int], *, step_size: float
         aggregation itself is float32).
     batch_size: tiles (3D) or slices (2D) per forward pass (default: as many as fit ~1 M input
         voxels, at most 64 3D tiles; results do not depend on it).
+    weights_1d: patch length → 1D tile weights along that axis (default: :func:`gaussian_1d`);
+        models trained elsewhere may bring their own (nnU-Net's map is centred on ``patch // 2``).
 
     Returns (K, z, y, x) logits: a NumPy array for NumPy input, a CPU torch tensor for tensor input.
     """
@@ -162,11 +165,12 @@ def predict_logits(network, data, patch_size: Sequence[int], *, step_size: float
     device = torch.device(device)
     tensor = tensor.float()
     flips = _mirror_combinations(mirror_axes, len(patch))
+    weight_fn = weights_1d or (lambda p: gaussian_1d(p, sigma_scale))
     if len(patch) == 3:
-        out = _slide_3d(network, tensor, patch, step_size, flips, device, progress, out_dtype, sigma_scale, num_classes,
+        out = _slide_3d(network, tensor, patch, step_size, flips, device, progress, out_dtype, weight_fn, num_classes,
                         batch_size)
     else:
-        out = _slide_2d(network, tensor, patch, step_size, flips, device, progress, out_dtype, sigma_scale,
+        out = _slide_2d(network, tensor, patch, step_size, flips, device, progress, out_dtype, weight_fn,
                         batch_size, num_classes)
     return out if was_tensor else out.numpy()
 
@@ -183,12 +187,12 @@ def _tiles_per_batch(patch_voxels: int, channels: int, batch_size: int | None) -
     return max(1, min(64, BATCH_INPUT_VOXELS // max(1, channels * patch_voxels)))
 
 
-def _slide_3d(network, data, patch, step_size, flips, device, show, out_dtype, sigma_scale, num_classes, batch_size):
+def _slide_3d(network, data, patch, step_size, flips, device, show, out_dtype, weight_fn, num_classes, batch_size):
     padded, crop = _pad_to_patch(data, patch)
     shape = tuple(padded.shape[1:])
     starts = [tile_starts(s, p, step_size) for s, p in zip(shape, patch)]
-    norms = [weight_sum_1d(s, p, st, sigma_scale) for s, p, st in zip(shape, patch, starts)]
-    gauss = [torch.from_numpy(gaussian_1d(p, sigma_scale)) for p in patch]
+    gauss = [torch.from_numpy(np.asarray(weight_fn(p), dtype=np.float64)) for p in patch]
+    norms = [weight_sum_1d(s, p, st, weights=g.numpy()) for s, p, st, g in zip(shape, patch, starts, gauss)]
     pz, py, px = patch
     per_batch = _tiles_per_batch(pz * py * px, padded.shape[0], batch_size)
     out = None
@@ -231,14 +235,14 @@ def _slide_3d(network, data, patch, step_size, flips, device, show, out_dtype, s
     return out[(slice(None), *crop)].contiguous() if any(c != slice(None) for c in crop) else out
 
 
-def _slide_2d(network, data, patch, step_size, flips, device, show, out_dtype, sigma_scale, batch_size, num_classes):
+def _slide_2d(network, data, patch, step_size, flips, device, show, out_dtype, weight_fn, batch_size, num_classes):
     c, z = data.shape[0], data.shape[1]
     padded, crop = _pad_to_patch(data, patch)  # pads y, x only
     shape_yx = tuple(padded.shape[2:])
     py, px = patch
     starts = [tile_starts(s, p, step_size) for s, p in zip(shape_yx, patch)]
-    norms = [weight_sum_1d(s, p, st, sigma_scale) for s, p, st in zip(shape_yx, patch, starts)]
-    gauss = [torch.from_numpy(gaussian_1d(p, sigma_scale)) for p in patch]
+    gauss = [torch.from_numpy(np.asarray(weight_fn(p), dtype=np.float64)) for p in patch]
+    norms = [weight_sum_1d(s, p, st, weights=g.numpy()) for s, p, st, g in zip(shape_yx, patch, starts, gauss)]
     inv_norm = torch.from_numpy(1.0 / np.multiply.outer(norms[0], norms[1]))
     if batch_size is None:
         batch_size = max(1, min(z, BATCH_INPUT_VOXELS // max(1, c * py * px)))

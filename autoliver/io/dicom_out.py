@@ -27,7 +27,6 @@ from autoliver.errors import UserError
 from autoliver.io.images import Geometry
 from autoliver.schema import atomic_write
 
-OUTPUT_TYPES = ("nifti", "dicom_seg", "rtstruct")
 SEG_SUFFIX = "_seg.dcm"
 RTSTRUCT_SUFFIX = "_rtstruct.dcm"
 
@@ -79,12 +78,13 @@ def read_instance(path: str | os.PathLike):
     return ds
 
 
-def source_instances(series_folder: str | os.PathLike, geometry: Geometry) -> list:
+def source_instances(series_folder: str | os.PathLike, geometry: Geometry, series_uid: str | None = None) -> list:
     """The pydicom datasets of ``series_folder`` in the label map's z order (one per slice).
 
     Each slice z of ``geometry`` lies at ``origin + z · spacing_z · normal``; the instance whose
     ImagePositionPatient projects there (within a tenth of a slice) is its source. Other series
-    and non-image objects in the folder (a SEG, a scout) are skipped.
+    and non-image objects in the folder (a SEG, a scout) are skipped; ``series_uid`` names the
+    series when the folder holds several (``--dicom-series``).
     """
     folder = Path(series_folder)
     normal = _slice_normal(geometry)
@@ -98,6 +98,8 @@ def source_instances(series_folder: str | os.PathLike, geometry: Geometry) -> li
         except Exception:  # not DICOM (a licence file, a NIfTI beside the slices)
             continue
         if "ImagePositionPatient" not in ds or "PixelData" not in ds or ds.get("Modality") == "SEG":
+            continue
+        if series_uid is not None and ds.get("SeriesInstanceUID") != series_uid:
             continue
         along = float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) - origin_along
         z = int(round(along / dz))
@@ -131,12 +133,12 @@ def _segments(labels_zyx: np.ndarray, labels: dict[str, int]) -> list[tuple[int,
 
 
 def write_dicom_seg(path: str | os.PathLike, labels_zyx: np.ndarray, geometry: Geometry,
-                    series_folder: str | os.PathLike, labels: dict[str, int]) -> Path:
+                    series_folder: str | os.PathLike, labels: dict[str, int], series_uid: str | None = None) -> Path:
     """A binary DICOM-SEG, one segment per foreground label, referencing every source slice."""
     hd = _require("highdicom")
     from pydicom.sr.coding import Code
 
-    sources = source_instances(series_folder, geometry)
+    sources = source_instances(series_folder, geometry, series_uid)
     values = _segments(labels_zyx, labels)
     descriptions, stack = [], np.zeros(labels_zyx.shape, dtype=np.uint8)
     algorithm = hd.AlgorithmIdentificationSequence(name="autoliver", version=__version__,
@@ -171,10 +173,10 @@ def _segmentation(hd, sources, stack, descriptions):
 
 
 def write_rtstruct(path: str | os.PathLike, labels_zyx: np.ndarray, geometry: Geometry,
-                   series_folder: str | os.PathLike, labels: dict[str, int]) -> Path:
+                   series_folder: str | os.PathLike, labels: dict[str, int], series_uid: str | None = None) -> Path:
     """An RTSTRUCT with one ROI per foreground label present, contours on the source slices."""
     rt_utils = _require("rt_utils")
-    sources = source_instances(series_folder, geometry)
+    sources = source_instances(series_folder, geometry, series_uid)
     from rt_utils import ds_helper, image_helper
 
     # rt-utils' own loader reads every file with pixels under the folder (a SEG too) as it is on

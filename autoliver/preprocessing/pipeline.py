@@ -222,6 +222,23 @@ def sample_class_locations(seg: np.ndarray, labels: Sequence[int], seed: int,
 # Forward
 # ----------------------------------------------------------------------------------------------
 
+def grid_properties(case: str, geometry, channels: int, box, shape, crop_shape, new_shape, spacing,
+                    new_spacing) -> dict:
+    """The properties that map a case's network grid back to its scan (autoliver.inference.original_grid):
+    the scan's geometry, the crop box and the shapes and spacings (z, y, x) before and after."""
+    return {
+        "case": case,
+        "original_geometry": to_jsonable(geometry),
+        "channels": channels,
+        "crop_bbox_zyx": [list(b) for b in box],
+        "shape_before_crop_zyx": list(shape),
+        "shape_after_crop_zyx": list(crop_shape),
+        "shape_after_resampling_zyx": list(new_shape),
+        "spacing_before_zyx_mm": list(spacing),
+        "spacing_after_zyx_mm": list(new_spacing),
+    }
+
+
 def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, seg: np.ndarray | None = None,
                     *, case: str = "") -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Crop, (denoise,) normalise and resample one case as the plan says.
@@ -276,15 +293,7 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
         seg_out = seg_out.view(np.int8)[None]  # values <= 127: same bits
 
     properties = {
-        "case": case,
-        "original_geometry": to_jsonable(geometry),
-        "channels": len(arrays),
-        "crop_bbox_zyx": [list(b) for b in box],
-        "shape_before_crop_zyx": list(shape),
-        "shape_after_crop_zyx": list(crop_shape),
-        "shape_after_resampling_zyx": list(new_shape),
-        "spacing_before_zyx_mm": list(spacing),
-        "spacing_after_zyx_mm": list(new_spacing),
+        **grid_properties(case, geometry, len(arrays), box, shape, crop_shape, new_shape, spacing, new_spacing),
         "resampling": {"orders_image_zyx": list(orders_image), "orders_label_zyx": list(orders_label),
                        "through_plane_axis": axis if r.separate_z else None},
         "normalization": [p.summary() for p in params],
