@@ -9,7 +9,7 @@ tiny raw dataset) for the target machine's budget (24 GiB, the planner's referen
 it does not change with the load of the machine running the benchmark; the networks are untrained (speed and memory do not depend on the weights):
 five folds of 3d_fullres for the normal mode, one fold of 3d_lowres (when the plan has it) for
 ``--fast``. Each prediction runs in its own process, started through the real CLI, so the peak
-resident memory (ru_maxrss) is that of one ``autoliver predict`` and nothing else.
+resident memory (VmHWM) is that of one ``autoliver predict`` and nothing else.
 
 Set AUTOLIVER_BENCH_THREADS to change the torch threads (default 2, the machine this targets).
 
@@ -45,7 +45,11 @@ t = time.perf_counter()
 code = main(sys.argv[1:])
 seconds = time.perf_counter() - t
 usage = resource.getrusage(resource.RUSAGE_SELF)
-peak, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+cpu = usage.ru_utime + usage.ru_stime
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of a big pytest
+# process would report the parent's size; VmHWM belongs to this process's own memory map.
+status = open("/proc/self/status").read().split("VmHWM:")[1].split()
+peak = int(status[0]) * 1024
 print(f"BENCH seconds={seconds:.3f} cpu_seconds={cpu:.3f} peak_bytes={peak} code={code}", file=sys.stderr)
 """
 
