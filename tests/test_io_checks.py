@@ -235,18 +235,36 @@ def test_nifti_voxels_are_itks_on_real_files(parts):
     assert img.geometry.spacing == ref.GetSpacing() and img.geometry.origin == ref.GetOrigin()
 
 
-@pytest.mark.parametrize("dtype, slope", [(">i2", 1.0), ("<f8", 1.0), ("<u2", 1.0), ("<i2", 2.0)],
-                         ids=["big-endian", "float64", "uint16", "scaled"])
-def test_nifti_voxels_are_itks_for_other_types(tmp_path, dtype, slope):
+@pytest.mark.parametrize("dtype, slope, inter", [
+    (">i2", 1.0, 0.0), ("<f8", 1.0, 0.0), ("<u2", 1.0, 0.0), ("<i2", 2.0, -1024.0), ("<u2", 1.0, -1024.0),
+    (">i2", 0.37, -1024.5), ("<i4", 1.7e-3, 3.1), ("<f4", 2.0, 0.0), ("<f8", 1.5, -2.0)],
+    ids=["big-endian", "float64", "uint16", "scaled", "uint16-intercept", "fractional-big-endian", "int32-fractional",
+         "float32-scaled", "float64-scaled"])
+def test_nifti_voxels_are_itks_for_other_types(tmp_path, dtype, slope, inter):
+    """Scaled voxels are computed from the stored bytes (float64, cast to ITK's output type), not
+    read a second time by ITK: ITK's values to the bit."""
     import nibabel as nib
 
     a = np.random.default_rng(1).integers(0, 3000, size=(7, 6, 5)).astype(dtype)
     header = nib.Nifti1Header(endianness=dtype[0])
     nii = nib.Nifti1Image(a, np.diag([0.8, 0.9, 2.5, 1.0]), header)
-    nii.header.set_slope_inter(slope, -1024.0 if slope != 1.0 else 0.0)
+    nii.header.set_slope_inter(slope, inter)
     nib.save(nii, str(tmp_path / "a.nii.gz"))
     assert nib.load(str(tmp_path / "a.nii.gz")).header.endianness == dtype[0]
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a.nii.gz")))
     back = read_image(tmp_path / "a.nii.gz").array
     np.testing.assert_array_equal(back, expected)
     assert back.dtype == expected.dtype and back.dtype.isnative
+
+
+def test_nan_in_a_scaled_float_file_is_kept(tmp_path):
+    import nibabel as nib
+
+    a = np.random.default_rng(2).normal(size=(7, 6, 5)).astype("<f4")
+    a[3, 2, 1] = np.nan
+    nii = nib.Nifti1Image(a, np.eye(4))
+    nii.header.set_slope_inter(2.0, 1.0)
+    nib.save(nii, str(tmp_path / "a.nii.gz"))
+    back = read_image(tmp_path / "a.nii.gz").array
+    assert np.isnan(back[1, 2, 3]) and np.isnan(back).sum() == 1  # ITK would read it as 0
+    np.testing.assert_allclose(back[~np.isnan(back)], (a.T * 2 + 1)[~np.isnan(a.T)], rtol=1e-6)

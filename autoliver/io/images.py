@@ -296,8 +296,11 @@ _PLAIN_PIXELS = {sitk.sitkUInt8: np.uint8, sitk.sitkInt8: np.int8, sitk.sitkUInt
 
 def _read_nifti(path: Path):
     """(ITK image or header-only reader, voxels or None, notes). The file is decompressed once, by
-    the check that reads it to its end; ITK reads only the header (its geometry is the
-    reference) unless the voxels need converting (scaled or unusual types), which ITK then does."""
+    the check that reads it to its end; ITK reads only the header (its geometry and pixel type are
+    the reference). Voxels come from those bytes: as stored, or scaled by scl_slope/scl_inter in
+    float64 and cast to ITK's output type (float32, float64 for float64 data), which gives ITK's
+    values to the bit (tests/test_io_checks.py). Anything else (several components, odd types) is
+    read by ITK."""
     from autoliver.io.checks import read_nifti_checked
 
     nifti = read_nifti_checked(path)
@@ -310,15 +313,26 @@ def _read_nifti(path: Path):
     dtype = np.dtype(header.get_data_dtype())
     shape = tuple(reversed(reader.GetSize()))
     offset = int(header["vox_offset"])
-    plain = _PLAIN_PIXELS.get(reader.GetPixelID())
-    if (unscaled and reader.GetNumberOfComponents() == 1 and plain is not None
+    itk_type = _PLAIN_PIXELS.get(reader.GetPixelID())
+    stored_type = dtype.newbyteorder("=")
+    if unscaled:
+        out_type = stored_type
+    else:
+        out_type = np.dtype(np.float64 if stored_type == np.float64 else np.float32)
+    if (reader.GetNumberOfComponents() == 1 and itk_type is not None and np.dtype(itk_type) == out_type
+            and stored_type in {np.dtype(t) for t in _PLAIN_PIXELS.values()}
             and offset >= int(header["sizeof_hdr"])
-            and dtype.newbyteorder("=") == np.dtype(plain)
             and int(np.prod(shape)) * dtype.itemsize == len(nifti.buffer) - offset):
         # stored values as they are: NaN/Inf stay NaN/Inf (ITK would read them as 0)
-        array = np.frombuffer(nifti.buffer, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
-        if not dtype.isnative:
-            array = array.astype(dtype.newbyteorder("="))
+        stored = np.frombuffer(nifti.buffer, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+        if unscaled:
+            array = stored if dtype.isnative else stored.astype(stored_type)
+        else:
+            slope = 1.0 if np.isnan(slope) or slope == 0.0 else slope
+            inter = 0.0 if np.isnan(inter) else inter
+            array = np.empty(shape, out_type)
+            for z in range(0, shape[0], 16):  # float64 a slab at a time: bounded memory
+                array[z:z + 16] = stored[z:z + 16].astype(np.float64) * slope + inter
         return reader, array, nifti.notes
     notes = nifti.notes
     del nifti
