@@ -28,6 +28,19 @@ def ct_fingerprint():
                                      intensity=IntensityStats(98.0, 100.0, 41.0, -990.0, 1400.0, -15.0, 205.0, 10000))
 
 
+def ct_lesion_fingerprint():
+    """The golden CT dataset with what the lesion stage is planned from: each case's liver box
+    (about a third of the body crop's extent in-plane, 60 % of its slices) and small tumours."""
+    shapes = [(90 + 7 * i, 300 + 4 * i, 320 - 3 * i) for i in range(8)]
+    spacings = [(2.5 if i % 3 else 1.25, 0.7 + 0.02 * i, 0.7 + 0.02 * i) for i in range(8)]
+    boxes = [((10 + i, 10 + i + int(0.6 * z)), (60, 60 + y // 2), (40, 40 + x // 2)) for i, (z, y, x) in enumerate(shapes)]
+    tumours = [(22.0, 8.0, 6.5) if i % 2 else (35.0, 12.0) for i in range(8)]
+    return fingerprint_from_geometry("Dataset009_GoldenLesions", shapes, spacings, noise_sigma=35.0,
+                                     intensity=IntensityStats(98.0, 100.0, 41.0, -990.0, 1400.0, -15.0, 205.0, 10000),
+                                     liver_voxels=[400_000 + 1000 * i for i in range(8)], liver_boxes_zyx=boxes,
+                                     tumour_diameters_mm=tumours)
+
+
 def dce_fingerprint():
     return fingerprint_from_geometry("Dataset008_DCE", [(40, 160, 160)] * 6, [(3.0, 1.4, 1.4)] * 6, modality="MRI",
                                      channel_names=("pre", "arterial", "portal", "delayed"), num_phases=4,
@@ -38,6 +51,8 @@ CASES = {
     "plan_ct_default_gpu8.json": (ct_fingerprint, "default", Budget("cuda", 8 * 2**30)),
     "plan_ct_cpu.json": (ct_fingerprint, "cpu", Budget("cpu", 16 * 2**30, SPEED)),
     "plan_dce_lowmem_gpu6.json": (dce_fingerprint, "lowmem", Budget("cuda", 6 * 2**30)),
+    "plan_ct_lesions_cpu.json": (ct_lesion_fingerprint, "cpu", Budget("cpu", 16 * 2**30, SPEED)),
+    "plan_ct_lesions_default_gpu8.json": (ct_lesion_fingerprint, "default", Budget("cuda", 8 * 2**30)),
 }
 
 

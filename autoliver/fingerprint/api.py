@@ -72,6 +72,14 @@ def load_case_arrays(info: DatasetInfo, case: str):
     return channels, seg, images[0].geometry
 
 
+def labelled_box(seg: np.ndarray):
+    """[start, stop) per axis of every voxel with a label > 0 (the liver with its tumours), or None."""
+    from autoliver.preprocessing.resampling import bounding_box
+
+    box = bounding_box(seg)
+    return None if box is None else tuple((int(a), int(b)) for a, b in box)
+
+
 def fingerprint_case(info: DatasetInfo, case: str, num_samples: int) -> tuple[CaseFingerprint, np.ndarray]:
     """Measure one case; returns its summary and (C, n) foreground intensity samples."""
     channels, seg, geometry = load_case_arrays(info, case)
@@ -92,7 +100,7 @@ def fingerprint_case(info: DatasetInfo, case: str, num_samples: int) -> tuple[Ca
         shape_after_crop_zyx=tuple(int(b - a) for a, b in box),
         labels=stats.label_stats(seg, spacing, info.labels),
         intensity=tuple(stats.intensity_stats(samples[c]) for c in range(samples.shape[0])),
-        noise_sigma=tuple(noise), liver_mean=tuple(liver_mean))
+        noise_sigma=tuple(noise), liver_mean=tuple(liver_mean), liver_bbox_zyx=labelled_box(seg))
     return summary, samples
 
 

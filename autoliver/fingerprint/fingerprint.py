@@ -7,6 +7,7 @@ input channels (for a 4D DCE-MRI file: one per phase).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -53,6 +54,9 @@ class CaseFingerprint:
     intensity: tuple[IntensityStats, ...]  # per channel, this case's foreground
     noise_sigma: tuple[float, ...]  # per channel, raw units; 0 when it could not be estimated
     liver_mean: tuple[float, ...]  # per channel, mean intensity inside the liver label
+    # bounding box [start, stop) of every labelled voxel (the liver with its tumours); None: no label
+    # (or a fingerprint from before this field)
+    liver_bbox_zyx: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ def fingerprint_from_geometry(
     orientations: list[str] | None = None,
     liver_voxels: list[int] | None = None,
     shapes_after_crop_zyx: list[tuple[int, int, int]] | None = None,
+    liver_boxes_zyx: list | None = None,
+    tumour_diameters_mm: list[tuple[float, ...]] | None = None,
 ) -> Fingerprint:
     """A fingerprint from geometry alone (no images): for planning what-ifs and tests, e.g. from
     the LiTS headers. Every channel gets the same ``intensity`` statistics."""
@@ -111,8 +117,11 @@ def fingerprint_from_geometry(
     for i, (shape, spacing, crop) in enumerate(zip(shapes_zyx, spacings_zyx_mm, crops)):
         voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
         liver = int(liver_voxels[i]) if liver_voxels else 0
-        label_stats = LabelStats(voxels={"liver": liver} if liver else {}, volume_ml={"liver": liver * voxel_ml} if liver else {},
-                                 liver_ml=liver * voxel_ml, tumour_count=0, tumour_diameters_mm=())
+        diameters = tuple(tumour_diameters_mm[i]) if tumour_diameters_mm else ()
+        tumour = int(round(sum(math.pi / 6 * d ** 3 for d in diameters) / (voxel_ml * 1000.0)))
+        voxels = {**({"liver": liver - tumour} if liver else {}), **({"tumour": tumour} if tumour else {})}
+        label_stats = LabelStats(voxels=voxels, volume_ml={k: v * voxel_ml for k, v in voxels.items()},
+                                 liver_ml=liver * voxel_ml, tumour_count=len(diameters), tumour_diameters_mm=diameters)
         cases.append(CaseFingerprint(
             case=f"case_{i:04d}", shape_zyx=tuple(int(s) for s in shape),
             spacing_zyx_mm=tuple(float(s) for s in spacing),
@@ -120,7 +129,8 @@ def fingerprint_from_geometry(
             crop_bbox_zyx=tuple((0, int(c)) for c in crop), shape_after_crop_zyx=tuple(int(c) for c in crop),
             labels=label_stats, intensity=tuple(intensity for _ in channel_names),
             noise_sigma=tuple(noise_sigma for _ in channel_names),
-            liver_mean=tuple(intensity.mean for _ in channel_names)))
+            liver_mean=tuple(intensity.mean for _ in channel_names),
+            liver_bbox_zyx=tuple(tuple(int(v) for v in b) for b in liver_boxes_zyx[i]) if liver_boxes_zyx else None))
     return Fingerprint(schema_version=SCHEMA_VERSION, dataset_name=dataset_name, modality=modality,
                        channel_names=tuple(channel_names), labels=dict(labels), num_phases=num_phases,
                        crop_rule="body_ct" if modality == "CT" else "nonzero",

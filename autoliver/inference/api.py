@@ -117,14 +117,15 @@ class Predictor:
     no mirroring, step 0.9. tta: mirroring test-time augmentation. step_size: tile step as a
     fraction of the patch (default 0.5). postprocessing: ``auto`` (the chosen recipe) or ``none``.
     num_threads: CPU threads for the network (None: torch's default). replace_nonfinite: the value
-    NaN/Inf voxels become (None: they are an error).
+    NaN/Inf voxels become (None: they are an error). first_stage: the trained configuration that
+    finds the liver for a liver-ROI lesion stage (default: the one its plan names).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, *, dataset: str | None = None,
                  results_dir: str | None = None, configurations=(), folds=(), checkpoint: str | None = None,
                  device: str = "auto", fast: bool = False, tta: bool = True, step_size: float | None = None,
                  postprocessing: str = "auto", num_threads: int | None = None,
-                 replace_nonfinite: float | None = None):
+                 replace_nonfinite: float | None = None, first_stage: str | None = None):
         import torch
 
         from autoliver.inference.model import load_model
@@ -148,7 +149,7 @@ class Predictor:
             folder = model_folder(model, dataset, results_dir, self._stack)
             self.model = load_model(folder, list(configurations) or None, list(folds) or None, checkpoint,
                                     device=self.device, postprocessing=NONE if postprocessing == "none" else None,
-                                    fast=fast)
+                                    fast=fast, first_stage=first_stage)
         except BaseException:
             self._stack.close()
             raise

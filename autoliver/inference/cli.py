@@ -111,6 +111,9 @@ def register(sub) -> None:
     p.add_argument("--fast", action="store_true",
                    help="CPU-friendly: one fold, no TTA, step 0.9, 3d_lowres instead of a full-resolution 3D "
                         "configuration when it is trained")
+    p.add_argument("--first-stage", default=None, metavar="CONFIGURATION",
+                   help="for a liver-ROI lesion stage (3d_liver_roi, 2d_liver_roi): the trained configuration "
+                        "that finds the liver first (default: the one its plan names, e.g. 3d_fullres)")
     p.add_argument("--save-probabilities", "--save_probabilities", action="store_true",
                    help="also write {case}.npz with class probabilities (float16) on the scan's grid")
     p.add_argument("--continue", "--continue_prediction", dest="resume", action="store_true",

@@ -16,7 +16,8 @@ from pathlib import Path, PurePosixPath
 
 from autoliver.errors import UserError
 from autoliver.inference.model import (CHOICE_FILE, CHOICE_SCHEMA_VERSION, InferenceChoice, configuration_of,
-                                       previous_stage_folder, read_choice, trained_configurations, trained_folds)
+                                       first_stage_folder, previous_stage_folder, read_choice, trained_configurations,
+                                       trained_folds)
 from autoliver.postprocessing import NONE
 from autoliver.schema import dumps
 
@@ -35,7 +36,9 @@ def _stage_closure(model_dir: Path, configurations: list[str]) -> list[str]:
         plans = model_dir / name / "plans.json"
         if plans.is_file():
             config = read_plan(plans).configurations.get(configuration_of(name))
-            if config is not None and config.previous_stage:
+            if config is not None and config.roi_margin_mm > 0:  # a liver-ROI stage: its trained first stage
+                todo.append(first_stage_folder(model_dir, name, config.previous_stage, "final"))
+            elif config is not None and config.previous_stage:
                 todo.append(previous_stage_folder(name, config.previous_stage))
     return out
 

@@ -123,10 +123,15 @@ def trained_configurations(model_dir: Path, checkpoint: str = "final") -> list[s
     return sorted(p.name for p in model_dir.iterdir() if p.is_dir() and trained_folds(p, checkpoint))
 
 
-def _load_stage(model_dir: Path, name: str, folds: list[str] | None, checkpoint: str, device: str) -> StageModel:
+def _load_stage(model_dir: Path, name: str, folds: list[str] | None, checkpoint: str, device: str,
+                first_stage: str | None = None) -> StageModel:
     from autoliver.training.checkpoint import load_trained_model
 
     config_dir = model_dir / name
+    if not trained_folds(config_dir, checkpoint):  # a bare configuration name: its only recipe folder
+        others = [p.name for p in sorted(model_dir.glob(f"{name}__*")) if trained_folds(p, checkpoint)]
+        if "__" not in name and len(others) == 1:
+            name, config_dir = others[0], model_dir / others[0]
     available = trained_folds(config_dir, checkpoint)
     if not available:
         have = trained_configurations(model_dir, checkpoint)
@@ -144,19 +149,43 @@ def _load_stage(model_dir: Path, name: str, folds: list[str] | None, checkpoint:
         net, plan, config = load_trained_model(config_dir / f"fold_{f}", device=device, which=checkpoint)
         networks.append(net)
     previous = None
-    if config.previous_stage:
+    if config.roi_margin_mm > 0:  # a liver-ROI stage: any trained configuration finds the liver
+        first = first_stage_folder(model_dir, name, first_stage or config.previous_stage, checkpoint)
+        first_folds = trained_folds(model_dir / first, checkpoint)
+        use = folds if all(f in first_folds for f in folds) else None
+        previous = _load_stage(model_dir, first, use, checkpoint, device)
+    elif config.previous_stage:
         previous = _load_stage(model_dir, previous_stage_folder(name, config.previous_stage), folds, checkpoint,
                                device)
     return StageModel(plan, config, networks, list(folds), previous, folder=name)
 
 
+def first_stage_folder(model_dir: Path, roi_folder: str, first: str, checkpoint: str) -> str:
+    """The results folder of a liver-ROI stage's first stage ``first`` (a configuration, or a folder
+    name with its recipe): trained with the ROI stage's recipe, else the default, else its only one."""
+    if "__" in first:
+        return first
+    _, _, recipe = roi_folder.partition("__")
+    candidates = ([f"{first}__{recipe}"] if recipe else []) + [first] + \
+        sorted(p.name for p in model_dir.glob(f"{first}__*"))
+    for c in candidates:
+        if trained_folds(model_dir / c, checkpoint):
+            return c
+    have = trained_configurations(model_dir, checkpoint)
+    raise UserError(f"{roi_folder}: its first stage {first} is not trained (checkpoint_{checkpoint}.pt; trained: "
+                    f"{', '.join(have) or 'none'}). Train it (`autoliver train {first} FOLD`) or choose another "
+                    "trained configuration with --first-stage.")
+
+
 def load_model(model_dir: str | os.PathLike, configurations: list[str] | None = None, folds: list[str] | None = None,
                checkpoint: str | None = None, device: str = "cpu", postprocessing: Postprocessing | None = None,
-               fast: bool = False) -> Model:
+               fast: bool = False, first_stage: str | None = None) -> Model:
     """Load the networks named by the arguments, falling back to ``inference_choice.json``, then to
     the only trained configuration.
 
     fast: one fold, and ``3d_lowres`` in place of a full-resolution 3D configuration when it is trained.
+    first_stage: the configuration (or results folder) that finds the liver for a liver-ROI stage
+    (default: the one its plan names).
     An nnU-Net v2 training output folder (plans.json, dataset.json, fold_*/checkpoint_*.pth) loads
     through :mod:`autoliver.inference.nnunet_model`.
     """
@@ -188,7 +217,7 @@ def load_model(model_dir: str | os.PathLike, configurations: list[str] | None = 
         available = trained_folds(model_dir / configurations[0], checkpoint)
         pick = [f for f in (folds or []) if f in available] or (["all"] if "all" in available else available[:1])
         folds = pick[:1]
-    stages = [_load_stage(model_dir, c, folds, checkpoint, device) for c in configurations]
+    stages = [_load_stage(model_dir, c, folds, checkpoint, device, first_stage) for c in configurations]
     labels = stages[0].plan.labels
     for s in stages[1:]:
         if s.plan.labels != labels:

@@ -3,7 +3,10 @@
 Per case and configuration (a *stage*), the scan is preprocessed exactly as for training, every
 fold's network slides over it (Gaussian weighting, mirroring), and the folds' logits are
 averaged. A cascade configuration first predicts its previous stage (``3d_lowres``) and feeds that
-segmentation, one-hot, as extra input channels. Probabilities go back to the scan's original grid
+segmentation, one-hot, as extra input channels. A liver-ROI lesion stage (``3d_liver_roi``) first
+predicts its first stage, crops the scan to the box of that liver (+ the plan's margin), feeds the
+liver mask as one extra channel, and its probabilities are pasted back into the scan's grid
+(background outside the box). Probabilities go back to the scan's original grid
 (the arithmetic of ``revert_to_original``, streamed a slab at a time by
 :mod:`autoliver.inference.original_grid`); several configurations (an ensemble) are averaged
 there. Then the post-processing recipe turns them into labels, written in the input's geometry and
@@ -120,6 +123,11 @@ def _append_one_hot(data: np.ndarray, seg: np.ndarray | None, stage: StageModel)
     spec = stage.configuration.network
     extra = spec.in_channels - data.shape[0]
     k = spec.num_classes
+    if stage.configuration.roi_margin_mm > 0:  # a liver-ROI stage: the first stage's liver, one channel
+        if extra != 1 or seg is None:
+            raise ValueError(f"{stage.name}: network takes {spec.in_channels} channels; the image has {data.shape[0]} "
+                             "and a liver-ROI stage adds one liver channel")
+        return np.concatenate([data.astype(np.float32, copy=False), (seg[0] > 0).astype(np.float32)[None]])
     if extra not in (k - 1, k) or seg is None:
         raise ValueError(f"{stage.name}: network takes {spec.in_channels} channels; the image has {data.shape[0]}, "
                          f"so {extra} one-hot channels would be needed for {k} classes")

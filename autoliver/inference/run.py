@@ -37,6 +37,7 @@ class PredictRequest:
     replace_nonfinite: float | None = None  # --replace-nonfinite: NaN/Inf voxels become this value
     dicom_series: str | None = None  # --dicom-series: the SeriesInstanceUID to read
     output_type: str = "nifti"  # --output-type: nifti | dicom_seg | rtstruct (DICOM input)
+    first_stage: str | None = None  # --first-stage: what finds the liver for a liver-ROI lesion stage
 
 
 @contextlib.contextmanager
@@ -58,7 +59,7 @@ def predict(req: PredictRequest) -> int:
             req.model_dir, dataset=req.dataset, results_dir=req.results_dir, configurations=req.configurations,
             folds=req.folds, checkpoint=req.checkpoint, device=req.device, fast=req.fast, tta=req.tta,
             step_size=req.step_size, postprocessing=req.postprocessing, num_threads=req.num_threads,
-            replace_nonfinite=req.replace_nonfinite) as predictor:
+            replace_nonfinite=req.replace_nonfinite, first_stage=req.first_stage) as predictor:
         failures = predictor.predict_folder(req.input, req.output, resume=req.resume, num_parts=req.num_parts,
                                             part_id=req.part_id, save_probabilities=req.save_probabilities,
                                             dicom_series=req.dicom_series, output_type=req.output_type)
@@ -76,5 +77,5 @@ def request_from_args(args) -> PredictRequest:
         save_probabilities=args.save_probabilities, resume=args.resume, num_parts=args.num_parts,
         part_id=args.part_id, device=args.device, postprocessing=args.postprocessing,
         num_threads=args.num_threads or None, replace_nonfinite=args.replace_nonfinite,
-        dicom_series=args.dicom_series, output_type=args.output_type)
+        dicom_series=args.dicom_series, output_type=args.output_type, first_stage=args.first_stage)
 

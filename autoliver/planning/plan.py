@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from autoliver.schema import dumps, read_document, write_json
 
 SCHEMA_VERSION = 1
-CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres", "3d_convlstm")
+CONFIGURATION_NAMES = ("2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres", "3d_convlstm", "3d_liver_roi",
+                       "2d_liver_roi")
+# Lesion stages: cases are crops of the liver's box (+ margin) at full resolution, the liver mask of a
+# first stage (any trained configuration) one extra input channel.
+LIVER_ROI_NAMES = ("3d_liver_roi", "2d_liver_roi")
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,11 @@ class Configuration:
     network: NetworkSpec
     phases: int = 1  # >1: the channels are time phases (3d_convlstm)
     previous_stage: str = ""  # cascade: configuration whose predictions are an extra input
+    # Liver-ROI lesion stage (> 0): each case is cropped to the liver's bounding box grown by this
+    # margin (training: the reference liver; prediction: ``previous_stage``'s), and the liver mask is
+    # one extra input channel. 0: the body crop, as every other configuration.
+    roi_margin_mm: float = 0.0
+    recipe: str = ""  # the training recipe the planner chose from the data ("" = default)
     estimated_memory_bytes: int = 0
     estimated_seconds_per_iteration: float = 0.0
     reasons: dict[str, str] = field(default_factory=dict)  # decision → why, for humans

@@ -26,6 +26,7 @@ from autoliver.planning import memory
 from autoliver.planning.budget import DEFAULT_CPU_SPEED, Budget
 from autoliver.planning.plan import (
     CONFIGURATION_NAMES,
+    LIVER_ROI_NAMES,
     SCHEMA_VERSION,
     ChannelNormalization,
     Configuration,
@@ -198,7 +199,7 @@ class _Planner:
     def configuration(self, name: str, spacing3, median3, approx_voxels: float, *, architecture: str,
                       in_channels: int, phases: int = 1, previous_stage: str = "") -> Configuration:
         p = self.preset
-        dims = 2 if name == "2d" else 3
+        dims = 2 if name.startswith("2d") else 3
         spacing = tuple(spacing3[-dims:])
         median = tuple(int(m) for m in median3[-dims:])
         target_voxels = p.initial_patch_pixels_2d if dims == 2 else p.initial_patch_voxels_3d
@@ -219,7 +220,7 @@ class _Planner:
         floor = tuple(min(m, 2 * p.min_feature_map_edge) for m in median)
         shrunk = 0
         while not self.fits(build(patch, topo, p.min_batch_size)):
-            step = shrink_patch(spacing, patch, median, p.min_feature_map_edge, p.max_pools_per_axis)
+            step = shrink_patch(spacing, patch, median, p.min_feature_map_edge, p.max_pools_per_axis, floor)
             if step is None or any(a < f for a, f in zip(step[0], floor)):
                 break
             patch, topo = step
@@ -326,15 +327,25 @@ class _Planner:
                                                "ConvLSTM network takes one channel per phase")
             elif fp.num_phases > 1 and is3d:
                 # The network's input channels are the phases, one image channel each.
-                cl, why = self.full_resolution("3d_convlstm", target, median, approx_voxels,
-                                               architecture="convlstm_unet", in_channels=fp.num_phases,
-                                               phases=fp.num_phases)
-                configs["3d_convlstm"] = replace(cl, reasons={
-                    "configuration": f"{fp.num_phases} time phases: a shared 3D encoder per phase, ConvLSTM over the "
-                                     f"phases, one decoder; {why}", **cl.reasons})
+                try:
+                    cl, why = self.full_resolution("3d_convlstm", target, median, approx_voxels,
+                                                   architecture="convlstm_unet", in_channels=fp.num_phases,
+                                                   phases=fp.num_phases)
+                except UserError as e:  # an extra configuration that does not fit is skipped, not fatal
+                    plan_reasons["3d_convlstm"] = f"skipped: {e}"
+                else:
+                    configs["3d_convlstm"] = replace(cl, reasons={
+                        "configuration": f"{fp.num_phases} time phases: a shared 3D encoder per phase, ConvLSTM "
+                                         f"over the phases, one decoder; {why}", **cl.reasons})
             else:
                 plan_reasons["3d_convlstm"] = "skipped: the dataset has one time phase" if fp.num_phases <= 1 else \
                     "skipped: 2D images"
+        if any(n in wanted for n in LIVER_ROI_NAMES):
+            if is3d:
+                configs.update(self.liver_roi(configs, target, median, plan_reasons))
+            else:
+                for n in LIVER_ROI_NAMES:
+                    plan_reasons[n] = "skipped: 2D images"
         configs = self.assign_data_identifiers(configs)
         ordered = {n: configs[n] for n in CONFIGURATION_NAMES if n in configs}
         skipped = [n for n in p.configurations if n not in ordered and n not in plan_reasons
@@ -411,15 +422,84 @@ class _Planner:
                               f"{p.lowres_creation_threshold:.0%}): first cascade stage at a coarser spacing, whose "
                               f"patch covers {patch_coverage(lowres):.0%}{note}"), **lowres.reasons})
 
+    def liver_roi(self, configs: dict[str, Configuration], target, median, plan_reasons) -> dict[str, Configuration]:
+        """The lesion stages: planned on the liver's box (+ margin) at the target spacing, proposed when
+        that box is much smaller than the body crop; their first stage is a configuration of this plan
+        (3d_fullres, else 2d), and any trained configuration can stand in for it at prediction."""
+        p, fp = self.preset, self.fp
+        wanted = [n for n in LIVER_ROI_NAMES if n in p.configurations]
+        boxes = [(c, c.liver_bbox_zyx) for c in fp.cases if c.liver_bbox_zyx is not None]
+        first = next((n for n in ("3d_fullres", "2d", "3d_lowres") if n in configs), "")
+
+        def skip(why: str) -> dict:
+            for n in wanted:
+                plan_reasons[n] = f"skipped: {why}"
+            return {}
+
+        if not boxes:
+            return skip("the fingerprint has no liver boxes (no labelled voxels, or a fingerprint from an older "
+                        "autoliver: re-run extract_fingerprint --overwrite)")
+        if not first:
+            return skip("no first stage to find the liver (plan 3d_fullres or 2d too)")
+        margin = p.liver_roi_margin_mm
+        shapes = []
+        for case, box in boxes:  # the box in mm, grown by the margin, within the body crop
+            crop_mm = np.asarray(case.shape_after_crop_zyx) * np.asarray(case.spacing_zyx_mm)
+            mm = np.array([b - a for a, b in box]) * np.asarray(case.spacing_zyx_mm) + 2 * margin
+            shapes.append(np.minimum(mm, crop_mm) / np.asarray(target))
+        box_median = tuple(max(1, int(round(m))) for m in np.median(np.array(shapes), axis=0))
+        fraction = math.prod(box_median) / math.prod(median)
+        if fraction > p.liver_roi_max_box_fraction:
+            return skip(f"the liver box (+ {margin:g} mm) holds {fraction:.0%} of the median body crop's voxels "
+                        f"(> {p.liver_roi_max_box_fraction:.0%}): cropping to it saves little")
+        recipe, recipe_reason = self.lesion_recipe()
+        approx_voxels = float(math.prod(box_median)) * fp.num_cases
+        out = {}
+        for name in wanted:
+            try:
+                c = self.configuration(name, target, box_median, approx_voxels, architecture=p.architecture,
+                                       in_channels=self.channels + 1, previous_stage=first)
+            except UserError as e:  # does not fit the budget: skipped, the first stages stand
+                plan_reasons[name] = f"skipped: {e}"
+                continue
+            dims = "3D" if name.startswith("3d") else "2D (axial slices)"
+            out[name] = replace(c, roi_margin_mm=float(margin), recipe=recipe, reasons={
+                "configuration": (f"lesion stage, {dims} U-Net on the liver's box + {margin:g} mm at the target spacing "
+                                  f"(median box {_fmt(box_median)} voxels, {fraction:.0%} of the median body crop "
+                                  f"{_fmt(median)}; ≤ {p.liver_roi_max_box_fraction:.0%}); input: the image and the "
+                                  f"liver mask of a first stage ({first} planned; any trained configuration can be "
+                                  "used), trained on the reference liver with random dilation / erosion"),
+                "recipe": recipe_reason, **c.reasons})
+        return out
+
+    def lesion_recipe(self) -> tuple[str, str]:
+        """The training recipe for the lesion stages, from the fingerprint's tumour statistics."""
+        p, fp = self.preset, self.fp
+        diameters = [d for c in fp.cases for d in c.labels.tumour_diameters_mm]
+        if not diameters:
+            return "", "default: the dataset has no tumours"
+        tumour = sum(v for c in fp.cases for k, v in c.labels.voxels.items()
+                     if k.lower() in ("tumour", "tumor", "lesion", "liver_tumour", "liver_tumor", "cancer"))
+        organ = sum(c.labels.liver_ml / max(float(np.prod(c.spacing_zyx_mm)) / 1000.0, 1e-12) for c in fp.cases)
+        share = tumour / organ if organ > 0 else 0.0
+        small = float(np.median(diameters))
+        counts = [c.labels.tumour_count for c in fp.cases]
+        facts = (f"{len(diameters)} lesions in {sum(1 for n in counts if n)} of {len(counts)} cases, median diameter "
+                 f"{small:.1f} mm, {sum(d < 10 for d in diameters)} under 10 mm, tumour {share:.1%} of the liver volume")
+        if small <= p.lesion_recipe_max_median_diameter_mm or share <= p.lesion_recipe_max_tumour_fraction:
+            return p.lesion_recipe, (f"{p.lesion_recipe}: {facts} (median ≤ {p.lesion_recipe_max_median_diameter_mm:g} mm "
+                                     f"or share ≤ {p.lesion_recipe_max_tumour_fraction:.0%}): small, imbalanced targets")
+        return "", f"default: {facts}: lesions large enough for nnU-Net's sampling and loss"
+
     def assign_data_identifiers(self, configs: dict[str, Configuration]) -> dict[str, Configuration]:
         """Configurations with identical preprocessing share one preprocessed folder."""
         groups: dict[tuple, str] = {}
         out = {}
-        for name in ("3d_fullres", "3d_lowres", "2d", "3d_cascade_fullres", "3d_convlstm"):
+        for name in ("3d_fullres", "3d_lowres", "2d", "3d_cascade_fullres", "3d_convlstm", *LIVER_ROI_NAMES):
             if name not in configs:
                 continue
             c = configs[name]
-            key = (c.spacing_zyx_mm, c.normalization, c.resampling, c.denoise)
+            key = (c.spacing_zyx_mm, c.normalization, c.resampling, c.denoise, c.roi_margin_mm)
             ident = groups.setdefault(key, f"{self.preset.name}_{name}")
             out[name] = replace(c, data_identifier=ident)
         return out

@@ -61,6 +61,17 @@ class PlannerPreset:
     # a patch that sees a few per cent of an abdomen at full resolution: a network that sees the
     # liver beside the spleen, spine and stomach learns in minutes what a small patch does not.
     min_patch_coverage_3d: float = 0.0
+    # Liver-ROI lesion stage (3d_liver_roi / 2d_liver_roi): proposed when the median liver box (with
+    # its margin) holds at most this fraction of the median body crop's voxels; planned at the target
+    # spacing on the box, never coarsened (its point is resolution where the lesions are).
+    liver_roi_max_box_fraction: float = 0.5
+    liver_roi_margin_mm: float = 15.0
+    # Training recipe chosen from the fingerprint: datasets whose tumours are small (median lesion
+    # diameter ≤ this) or a small share of the liver (≤ lesion_recipe_max_tumour_fraction) are
+    # trained with ``lesion_recipe`` (Dice + BCE + focal Tversky, lesion-centred patches).
+    lesion_recipe: str = "lesion"
+    lesion_recipe_max_median_diameter_mm: float = 30.0
+    lesion_recipe_max_tumour_fraction: float = 0.1
     normalization_ct: str = "ct"
     normalization_mri: str = "zscore"
     hu_window: tuple[float, float] = (-100.0, 400.0)  # hu_window / liver_zscore / histeq on CT
@@ -121,6 +132,12 @@ def _validate(preset: PlannerPreset, where: str) -> list[str]:
     need(p.lowres_min_shape_ratio >= 1, "lowres_min_shape_ratio", "≥ 1", p.lowres_min_shape_ratio)
     need(p.lowres_max_spacing_factor > 1, "lowres_max_spacing_factor", "> 1", p.lowres_max_spacing_factor)
     need(0 <= p.min_patch_coverage_3d < 1, "min_patch_coverage_3d", "in [0, 1)", p.min_patch_coverage_3d)
+    need(0 < p.liver_roi_max_box_fraction <= 1, "liver_roi_max_box_fraction", "in (0, 1]", p.liver_roi_max_box_fraction)
+    need(p.liver_roi_margin_mm >= 0, "liver_roi_margin_mm", "≥ 0", p.liver_roi_margin_mm)
+    need(p.lesion_recipe_max_median_diameter_mm >= 0, "lesion_recipe_max_median_diameter_mm", "≥ 0",
+         p.lesion_recipe_max_median_diameter_mm)
+    need(0 <= p.lesion_recipe_max_tumour_fraction <= 1, "lesion_recipe_max_tumour_fraction", "in [0, 1]",
+         p.lesion_recipe_max_tumour_fraction)
     need(p.hu_window[0] < p.hu_window[1], "hu_window", "[lower, upper] with lower < upper", list(p.hu_window))
     need(p.denoise_min_noise_ct_hu > 0, "denoise_min_noise_ct_hu", "> 0", p.denoise_min_noise_ct_hu)
     need(p.denoise_min_noise_mri_relative > 0, "denoise_min_noise_mri_relative", "> 0", p.denoise_min_noise_mri_relative)

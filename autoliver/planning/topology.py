@@ -91,10 +91,11 @@ def initial_patch(spacing: tuple[float, ...], median_shape: tuple[int, ...], tar
 
 
 def shrink_patch(spacing: tuple[float, ...], patch: tuple[int, ...], median_shape: tuple[int, ...], min_edge: int,
-                 max_pools: int) -> tuple[tuple[int, ...], Topology] | None:
+                 max_pools: int, floor: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], Topology] | None:
     """One step of nnU-Net's patch reduction: shrink the axis that is largest relative to the
     median shape by its current divisor (re-derived after the cut, so valid sizes such as 224 are
-    not skipped). Returns None when no axis can shrink further."""
+    not skipped); an axis that would fall below ``floor`` is passed over for the next one. Returns
+    None when no axis can shrink further."""
     topo = pool_and_kernel_topology(spacing, patch, min_edge, max_pools)
     # Ties go to the last axis, as np.argsort(...)[-1] does in nnU-Net.
     order = sorted(range(len(patch)), key=lambda a: (patch[a] / max(median_shape[a], 1), a), reverse=True)
@@ -107,7 +108,7 @@ def shrink_patch(spacing: tuple[float, ...], patch: tuple[int, ...], median_shap
         step = pool_and_kernel_topology(spacing, tuple(trial), min_edge, max_pools).divisor[axis]
         new = list(patch)
         new[axis] = patch[axis] - step
-        if new[axis] < 1:
+        if new[axis] < max(1, floor[axis] if floor else 1):
             continue
         return fit_patch(spacing, tuple(new), min_edge, max_pools)
     return None

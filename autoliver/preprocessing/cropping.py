@@ -59,6 +59,30 @@ def body_box(channels: Sequence[np.ndarray], modality: str, seg: np.ndarray | No
     return tuple(tuple(b) for b in box)
 
 
+def liver_box(mask: np.ndarray, spacing_zyx_mm: Sequence[float], margin_mm: float,
+              min_fraction: float = 0.1) -> Box | None:
+    """The box of a liver-ROI lesion stage: the bounding box of the liver mask's components that
+    hold at least ``min_fraction`` of the largest one's voxels (a stray speck of a first stage
+    does not stretch it over the abdomen; a lobe it cut off stays in), grown by ``margin_mm`` on
+    every side and clipped to the array. None when the mask is empty."""
+    mask = np.asarray(mask)
+    if not mask.any():
+        return None
+    try:
+        from autoliver.ops.components import label
+        comp, n = label(mask, connectivity=26)
+    except ImportError:
+        from scipy import ndimage
+        comp, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(np.asarray(comp).reshape(-1))[1:]
+    keep = np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1
+    from autoliver.preprocessing.resampling import bounding_box
+
+    box = bounding_box(np.isin(comp, keep))
+    grow = [int(np.ceil(margin_mm / float(s))) for s in spacing_zyx_mm]
+    return tuple((max(0, a - g), min(n, b + g)) for (a, b), g, n in zip(box, grow, mask.shape))
+
+
 def crop(array: np.ndarray, box: Box) -> np.ndarray:
     """A view of the last three axes of ``array`` inside ``box``."""
     return array[(..., *[slice(a, b) for a, b in box])]

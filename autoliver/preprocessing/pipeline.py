@@ -29,6 +29,7 @@ from autoliver.schema import dumps, to_jsonable
 
 PREPROCESSING_VERSION = 1  # bump when the stored data of an unchanged plan would differ
 MAX_LOCATIONS_PER_CLASS = 10_000
+MAX_LOCATIONS_PER_LESION = 50
 # Normalisation schemes that measure statistics over the body of the case.
 _NEEDS_BODY = ("zscore", "histeq", "liver_zscore")
 
@@ -39,9 +40,12 @@ _NEEDS_BODY = ("zscore", "histeq", "liver_zscore")
 
 def _preprocessing_settings(config: Configuration, *, with_z: bool = True) -> dict:
     spacing = list(config.spacing_zyx_mm) if with_z else list(config.spacing_zyx_mm[1:])
-    return {"spacing_zyx_mm": spacing, "normalization": to_jsonable(config.normalization),
-            "resampling": to_jsonable(config.resampling), "denoise": to_jsonable(config.denoise),
-            "keeps_slice_spacing": config.network.dims == 2}
+    settings = {"spacing_zyx_mm": spacing, "normalization": to_jsonable(config.normalization),
+                "resampling": to_jsonable(config.resampling), "denoise": to_jsonable(config.denoise),
+                "keeps_slice_spacing": config.network.dims == 2}
+    if config.roi_margin_mm > 0:  # only then: the data (and hash) of other configurations is unchanged
+        settings["roi_margin_mm"] = float(config.roi_margin_mm)
+    return settings
 
 
 def effective_configuration(plan: Plan, config: Configuration) -> Configuration:
@@ -218,6 +222,37 @@ def sample_class_locations(seg: np.ndarray, labels: Sequence[int], seed: int,
     return out
 
 
+def lesion_locations(seg: np.ndarray, labels: dict[str, int], seed: int,
+                     per_lesion: int = MAX_LOCATIONS_PER_LESION) -> list[list[list[int]]] | None:
+    """Up to ``per_lesion`` voxel positions [z, y, x] of every tumour (26-connected component of the
+    tumour label), so training can centre patches on lesions chosen one by one — a 5 mm metastasis
+    as often as a 60 mm one (voxel-uniform sampling of the class would almost never pick it).
+    None when the labels have no tumour label."""
+    from autoliver.fingerprint.stats import TUMOUR_NAMES, _components, find_label
+
+    tumour = find_label(labels, TUMOUR_NAMES)
+    if tumour is None:
+        return None
+    mask = seg == tumour
+    if not mask.any():
+        return []
+    comp, n = _components(mask)
+    comp = np.asarray(comp).reshape(-1)
+    rng = np.random.default_rng(seed)
+    idx = np.flatnonzero(comp)
+    order = np.argsort(comp[idx], kind="stable")
+    idx, ids = idx[order], comp[idx][order]
+    starts = np.searchsorted(ids, np.arange(1, int(ids.max()) + 1))
+    out = []
+    for members in np.split(idx, starts[1:]):
+        if members.size == 0:
+            continue
+        if members.size > per_lesion:
+            members = np.sort(rng.choice(members, per_lesion, replace=False))
+        out.append(np.stack(np.unravel_index(members, seg.shape), axis=1).astype(int).tolist())
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
@@ -260,6 +295,17 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
         seg = _check_seg(seg, shape, plan, case)
 
     box = cropping.body_box(arrays, plan.modality, seg)
+    roi = None
+    if cfg.roi_margin_mm > 0:
+        # the liver's box: from the reference labels in training, from the first stage's labels
+        # (given as ``seg``) in prediction; an empty liver keeps the body box (nothing is cut)
+        roi = cropping.liver_box(seg > 0, spacing, cfg.roi_margin_mm) if seg is not None else None
+        if roi is None:
+            roi = box
+        else:  # within the body box, so the padding beside the body stays out
+            roi = tuple((max(a, c), min(b, d)) if min(b, d) > max(a, c) else (c, d)
+                        for (a, b), (c, d) in zip(box, roi))
+        box = roi
     channels = [cropping.crop(a, box) for a in arrays]
     seg_c = cropping.crop(seg, box) if seg is not None else None
     crop_shape = tuple(b - a for a, b in box)
@@ -290,6 +336,7 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
     if seg_c is not None:
         seg_out = resampling.resample_labels(seg_c, new_shape, orders_label, labels=fg_labels)
         locations = sample_class_locations(seg_out, fg_labels, seed=zlib.crc32(case.encode()))
+        lesions = lesion_locations(seg_out, plan.labels, seed=zlib.crc32(case.encode()))
         seg_out = seg_out.view(np.int8)[None]  # values <= 127: same bits
 
     properties = {
@@ -303,6 +350,10 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
     }
     if locations is not None:
         properties["class_locations"] = locations
+        if lesions is not None:
+            properties["lesion_locations"] = lesions
+    if roi is not None:
+        properties["liver_roi"] = True
     return data, seg_out, properties
 
 

@@ -34,8 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("nnunet_fold", nargs="?", default=None, help=argparse.SUPPRESS)
     add_dataset_arg(p, required=False)
     add_folder_args(p, "preprocessed", "results")
-    p.add_argument("--recipe", default="default",
-                   help="training recipe: " + "; ".join(f"{k} ({r.description})" for k, r in RECIPES.items()))
+    p.add_argument("--recipe", default=None,
+                   help="training recipe (default: the one the plan chose for the configuration, else default): " + "; ".join(f"{k} ({r.description})" for k, r in RECIPES.items()))
     p.add_argument("--device", "-device", choices=("cpu", "cuda"), default=None,
                    help="where to train (default: cuda if available)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
@@ -97,7 +97,7 @@ def resolve_nnunet_habits(args) -> None:
 
 
 def _relaunch_argv(args) -> list[str]:
-    argv = ["train", args.configuration, str(args.fold), "--recipe", args.recipe]
+    argv = ["train", args.configuration, str(args.fold)] + (["--recipe", args.recipe] if args.recipe else [])
     for flag, value in (("-d", args.dataset), ("--preprocessed-dir", args.preprocessed_dir),
                         ("--results-dir", args.results_dir), ("--device", args.device), ("--precision", args.precision),
                         ("--epochs", args.epochs), ("--minutes", args.minutes),
@@ -133,7 +133,7 @@ def run_train(args) -> int:
     if not storage.list_cases(data_folder):
         raise UserError(f"{dataset} {config.name}: not preprocessed ({data_folder} has no cases). "
                         f"Run `autoliver preprocess -d {dataset} -c {config.name}`.")
-    recipe = get_recipe(args.recipe)
+    recipe = get_recipe(args.recipe or config.recipe or "default")
     if args.epochs is not None and args.epochs < 1 or args.iters is not None and args.iters < 1:
         raise UserError(f"--epochs and --iters must be >= 1, got {args.epochs} and {args.iters}")
     if args.num_processes is not None and args.num_processes < 0:

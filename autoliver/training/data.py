@@ -15,6 +15,14 @@ Foreground oversampling: on average ``oversample_foreground`` of the samples are
 voxel of a foreground class picked uniformly among the classes the case has (so tumours get as
 many forced patches as the liver), using the ``class_locations`` stored with each case.
 
+Lesion-centred sampling: a further ``oversample_lesions`` of the samples (the recipe's) are centred
+on a lesion — a case with lesions, then one of its lesions, each with equal chance, then a voxel of
+it (``lesion_locations``) — so a 5 mm metastasis is drawn as often as a 60 mm one.
+
+A liver-ROI lesion stage (``liver_channel``) gets the liver mask (every labelled voxel) of its own
+reference as one extra channel, dilated or eroded at random like the cascade's input below, so the
+network learns to use a first stage's imperfect liver, not to copy it.
+
 2D configurations (patch (y, x)) sample one slice per sample. The cascade adds the previous
 stage's prediction as one-hot channels (one per foreground class) after the spatial transform
 (nearest-neighbour, like the labels) and, with some probability, dilates or erodes it so the
@@ -78,7 +86,8 @@ class PatchBatches(torch.utils.data.Dataset):
 
     def __init__(self, folder: str | os.PathLike, cases: list[str], patch_size, batch_size: int, num_classes: int, *,
                  augmentation: Augmentation | None, oversample_foreground: float = 1 / 3, seed: int = 0,
-                 rank: int = 0, previous_stage: str | os.PathLike | None = None):
+                 rank: int = 0, previous_stage: str | os.PathLike | None = None, oversample_lesions: float = 0.0,
+                 liver_channel: bool = False):
         if not cases:
             raise UserError(f"{folder}: no cases to train on")
         self.folder, self.cases = Path(folder), list(cases)
@@ -89,15 +98,20 @@ class PatchBatches(torch.utils.data.Dataset):
         self.oversample = float(oversample_foreground)
         self.seed, self.rank = int(seed), int(rank)
         self.previous_stage = Path(previous_stage) if previous_stage else None
-        self.locations = []
+        self.oversample_lesions, self.liver_channel = float(oversample_lesions), bool(liver_channel)
+        self.locations, self.lesions = [], []
         for case in self.cases:
             if not storage.is_complete(self.folder, case):
                 raise UserError(f"{self.folder}: case {case!r} is not preprocessed (or incomplete). "
                                 "Run `autoliver preprocess` again; it resumes.")
-            self.locations.append(_class_locations(storage.read_properties(self.folder, case)))
+            props = storage.read_properties(self.folder, case)
+            self.locations.append(_class_locations(props))
+            self.lesions.append([np.asarray(v, dtype=np.int64).reshape(-1, 3)
+                                 for v in props.get("lesion_locations") or [] if len(v)])
             if self.previous_stage and not (self.previous_stage / f"{case}{storage.IMAGE_SUFFIX}").is_file():
                 raise UserError(f"{self.previous_stage}: the previous stage's prediction of {case!r} is missing. "
                                 "Train all five folds of the previous stage first (their validation writes them).")
+        self.lesion_cases = [i for i, les in enumerate(self.lesions) if les]
         self.anisotropic = is_anisotropic(self.patch)
         self.transforms = _intensity_transforms(self.aug, self.dims, self.anisotropic) if self.aug else None
         self._handles: dict = {}
@@ -141,10 +155,19 @@ class PatchBatches(torch.utils.data.Dataset):
     def _make_batch(self, rng: np.random.Generator, index: int) -> dict:
         expected = self.batch_size * self.oversample
         forced = int(math.floor(expected)) + int(rng.random() < expected - math.floor(expected))
+        on_lesion = 0
+        if self.oversample_lesions > 0 and self.lesion_cases:  # (no extra draws otherwise: same batches)
+            want = self.batch_size * self.oversample_lesions
+            on_lesion = min(self.batch_size, int(math.floor(want)) + int(rng.random() < want - math.floor(want)))
         data, segs = [], []
         for b in range(self.batch_size):
-            i = int(rng.integers(len(self.cases)))
-            d, s = self._sample(i, force=b >= self.batch_size - forced, rng=rng)
+            if b < on_lesion:
+                i = self.lesion_cases[int(rng.integers(len(self.lesion_cases)))]
+                lesion = self.lesions[i][int(rng.integers(len(self.lesions[i])))]
+                d, s = self._sample(i, force=False, rng=rng, at=lesion[int(rng.integers(len(lesion)))])
+            else:
+                i = int(rng.integers(len(self.cases)))
+                d, s = self._sample(i, force=b >= self.batch_size - forced, rng=rng)
             data.append(d)
             segs.append(s)
         batch = {"data": np.stack(data), "seg": np.stack(segs)}
@@ -159,6 +182,11 @@ class PatchBatches(torch.utils.data.Dataset):
                 prev = _perturb_masks(prev, self.aug.p_cascade_morphology, self.num_classes, rng)
             onehot = np.stack([prev == k for k in range(1, self.num_classes)], axis=1).astype(np.float32)
             x = np.concatenate((x, onehot), axis=1)
+        if self.liver_channel:
+            liver = (seg[:, 0] > 0).astype(np.int16)
+            if self.aug and self.aug.p_cascade_morphology > 0:
+                liver = _perturb_masks(liver, self.aug.p_cascade_morphology, 2, rng)
+            x = np.concatenate((x, liver[:, None].astype(np.float32)), axis=1)
         x, target = np.ascontiguousarray(x), np.ascontiguousarray(target)
         # a fingerprint of exactly what was drawn (resume tests compare it), computed here in the
         # worker: hashing a 3D batch costs tens of milliseconds, which the training loop would pay
@@ -168,12 +196,14 @@ class PatchBatches(torch.utils.data.Dataset):
                 "digest": digest.digest()}
 
     # ---- one sample ---------------------------------------------------------------------------
-    def _sample(self, i: int, force: bool, rng: np.random.Generator):
+    def _sample(self, i: int, force: bool, rng: np.random.Generator, at=None):
+        """One sample of case ``i``: centred on voxel ``at`` when given, on a voxel of a random
+        foreground class when ``force``, anywhere otherwise."""
         image, seg, prev = self._open(i)
         shape = tuple(image.shape[1:])
         locations = self.locations[i]
-        loc = None
-        if force and locations:
+        loc = at
+        if loc is None and force and locations:
             label = list(locations)[int(rng.integers(len(locations)))]
             loc = locations[label][int(rng.integers(len(locations[label])))]
         if self.dims == 2:

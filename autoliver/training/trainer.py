@@ -68,13 +68,15 @@ class TrainingRun:
     minutes: float | None = None  # time budget instead of a number of epochs (see epochs_for_budget)
 
 
-def model_folder(results_dir: Path, configuration: str, recipe_name: str) -> Path:
-    """``{results}/{dataset}/{configuration}`` for the default recipe, ``…/{configuration}__{recipe}`` otherwise."""
-    return Path(results_dir) / (configuration if recipe_name == "default" else f"{configuration}__{recipe_name}")
+def model_folder(results_dir: Path, configuration: str, recipe_name: str, plan_recipe: str = "") -> Path:
+    """``{results}/{dataset}/{configuration}`` for the configuration's own recipe (the one the plan
+    chose, else ``default``), ``…/{configuration}__{recipe}`` for any other."""
+    own = recipe_name == (plan_recipe or "default")
+    return Path(results_dir) / (configuration if own else f"{configuration}__{recipe_name}")
 
 
-def fold_folder(results_dir: Path, configuration: str, recipe_name: str, fold: str) -> Path:
-    return model_folder(results_dir, configuration, recipe_name) / f"fold_{fold}"
+def fold_folder(results_dir: Path, configuration: str, recipe_name: str, fold: str, plan_recipe: str = "") -> Path:
+    return model_folder(results_dir, configuration, recipe_name, plan_recipe) / f"fold_{fold}"
 
 
 def default_num_workers(world_size: int = 1) -> int:
@@ -146,10 +148,11 @@ def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
                            weight_decay=recipe.weight_decay)
 
 
-def expected_in_channels(architecture: str, image_channels: int, num_classes: int, cascade: bool) -> int:
+def expected_in_channels(architecture: str, image_channels: int, num_classes: int, cascade: bool,
+                         liver_roi: bool = False) -> int:
     if architecture == "convlstm_unet":
         return image_channels  # one phase per channel
-    return image_channels + (num_classes - 1 if cascade else 0)
+    return image_channels + (num_classes - 1 if cascade else 0) + (1 if liver_roi else 0)
 
 
 def train_step(model, loss_fn, optimizer, scaler, x, y, grad_clip_norm: float, amp_dtype=None) -> tuple[torch.Tensor, bool]:
@@ -208,16 +211,18 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
         fold_cases(run.preprocessed_dir, cases, run.fold)  # creates splits_final.json once
     distributed.barrier(ctx)
     train_cases, val_cases = fold_cases(run.preprocessed_dir, cases, run.fold)
-    out = fold_folder(run.results_dir, config.name, recipe.name, run.fold)
+    out = fold_folder(run.results_dir, config.name, recipe.name, run.fold, config.recipe)
     previous_stage = None
-    if config.previous_stage:
-        previous_stage = (model_folder(run.results_dir, config.previous_stage, recipe.name) / "predicted_next_stage"
-                          / config.name)
+    liver_roi = config.roi_margin_mm > 0  # learns from the reference liver: needs no first-stage predictions
+    if config.previous_stage and not liver_roi:
+        previous_stage = (model_folder(run.results_dir, config.previous_stage, recipe.name)
+                          / "predicted_next_stage" / config.name)
     image_channels = storage.open_case(folder, cases[0]).image.shape[0]
-    want = expected_in_channels(spec.architecture, image_channels, spec.num_classes, bool(previous_stage))
+    want = expected_in_channels(spec.architecture, image_channels, spec.num_classes, bool(previous_stage), liver_roi)
     if spec.in_channels != want:
+        extra = " + one-hot previous stage" if previous_stage else " + liver mask" if liver_roi else ""
         raise UserError(f"plan {config.name}: network.in_channels must be {want} (image channels {image_channels}"
-                        f"{' + one-hot previous stage' if previous_stage else ''}), got {spec.in_channels}. Re-plan.")
+                        f"{extra}), got {spec.in_channels}. Re-plan.")
 
     # ---- resume or start ------------------------------------------------------------------------
     latest, final = checkpoint_path(out, "latest"), checkpoint_path(out, "final")
@@ -282,7 +287,8 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
     batch_size = max(1, config.batch_size // ctx.world_size)
     workers = run.num_workers if run.num_workers is not None else default_num_workers(ctx.world_size)
     sampler = dict(batch_size=batch_size, num_classes=spec.num_classes, rank=ctx.rank, previous_stage=previous_stage,
-                   oversample_foreground=recipe.oversample_foreground)
+                   oversample_foreground=recipe.oversample_foreground, oversample_lesions=recipe.oversample_lesions,
+                   liver_channel=liver_roi)
     train_data = PatchBatches(folder, train_cases, config.patch_size, augmentation=recipe.augmentation, seed=SEED,
                               **sampler)
     val_data = PatchBatches(folder, val_cases, config.patch_size, augmentation=None, seed=SEED + 1, **sampler)
@@ -414,17 +420,31 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
     return out
 
 
+def first_stage_validation(results_dir: Path, first: str, fold: str) -> Path | None:
+    """The folder of a first stage's validation predictions of ``fold`` on the original grid
+    (``{first}/fold_{fold}/validation``, any recipe of ``first``), or None."""
+    candidates = [Path(results_dir) / first] + sorted(Path(results_dir).glob(f"{first}__*"))
+    for c in candidates:
+        folder = c / f"fold_{fold}" / "validation"
+        if (folder / "summary.json").is_file():
+            return folder
+    return None
+
+
 def run_validation(run: TrainingRun, ctx, network, plan, config, folder, val_cases, out, previous_stage) -> None:
     from autoliver.training.validation import validate, write_summary
 
     next_stages = {}
     for name, other in plan.configurations.items():
-        if other.previous_stage == config.name:
+        if other.previous_stage == config.name and other.roi_margin_mm <= 0:
             next_stages[name] = (run.preprocessed_dir / other.data_identifier,
                                  model_folder(run.results_dir, config.name, run.recipe.name) / "predicted_next_stage" / name)
+    first_stage = None
+    if config.roi_margin_mm > 0:  # the first stage's validation of the same fold, where it exists
+        first_stage = first_stage_validation(run.results_dir, config.previous_stage, run.fold)
     mine = val_cases[ctx.rank::ctx.world_size]
     entries = validate(network, plan, config, folder, mine, out / "validation", device=ctx.device,
-                       previous_stage=previous_stage, next_stages=next_stages,
+                       previous_stage=previous_stage, next_stages=next_stages, first_stage=first_stage,
                        save_probabilities=run.save_probabilities, show_progress=ctx.is_main and progress.enabled())
     everything = [e for part in distributed.gather_objects(ctx, entries) for e in part]
     if ctx.is_main:

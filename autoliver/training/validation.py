@@ -13,6 +13,12 @@ Where the preprocessing can map arrays back to the original grid, the predicted 
 also written as ``validation/{case}.nii.gz`` in the original scan's geometry (and, on request,
 the class probabilities as ``{case}.npz``) for ``find_best_configuration`` and ``ensemble``.
 
+A liver-ROI lesion stage (``3d_liver_roi``) is validated on its liver box with, as its liver
+channel, the first stage's own validation prediction of the same case when that fold of the first
+stage is trained (what prediction will give it), else the reference liver; each entry says which
+(``liver_input``). Its Dice is measured on the box, and its exported predictions cover the box only
+(background elsewhere).
+
 For a configuration that is some other configuration's previous stage (``3d_lowres`` →
 ``3d_cascade_fullres``), the predicted labels are also resampled to the next stage's grid and
 stored in ``{results}/{dataset}/{configuration}/predicted_next_stage/{next}/{case}.b2nd``. Each
@@ -63,9 +69,36 @@ def _predict_logits():
     return predict_logits
 
 
-def network_input(folder: Path, case: str, num_classes: int, previous_stage: Path | None):
-    """(C, z, y, x) float32 input of a whole case (+ one-hot previous-stage channels), labels, properties."""
+def first_stage_liver(first_stage: Path | None, case: str, seg: np.ndarray, props: dict,
+                      config: Configuration) -> tuple[np.ndarray, str]:
+    """The liver channel of a liver-ROI stage's validation case: the first stage's prediction of it
+    (its own validation of the same fold, on the original grid: cropped and resampled as the case
+    was), or the reference liver when there is none. (mask (z, y, x) float32, which one)."""
+    path = first_stage / f"{case}.nii.gz" if first_stage is not None else None
+    if path is not None and path.is_file():
+        from autoliver.io.images import read_image
+        from autoliver.preprocessing import cropping, resampling
+        from autoliver.preprocessing.pipeline import label_orders
+
+        labels = read_image(path).array
+        if tuple(labels.shape) == tuple(props["shape_before_crop_zyx"]):
+            box = tuple(tuple(b) for b in props["crop_bbox_zyx"])
+            orders, _ = label_orders(props, config)
+            cropped = np.ascontiguousarray(cropping.crop(labels > 0, box)).astype(np.uint8)
+            mask = resampling.resample_labels(cropped, tuple(props["shape_after_resampling_zyx"]), orders)
+            return mask.astype(np.float32), "first stage"
+    return (seg[0] > 0).astype(np.float32), "reference"
+
+
+def network_input(folder: Path, case: str, num_classes: int, previous_stage: Path | None,
+                  config: Configuration | None = None, first_stage: Path | None = None):
+    """(C, z, y, x) float32 input of a whole case (+ one-hot previous-stage channels, or a liver-ROI
+    stage's liver mask), labels, properties."""
     image, seg, props = storage.load_case(folder, case)
+    if config is not None and config.roi_margin_mm > 0:
+        liver, source = first_stage_liver(first_stage, case, seg, props, config)
+        props = {**props, "liver_input": source}
+        image = np.concatenate((image, liver[None]))
     if previous_stage is not None:
         import blosc2
 
@@ -126,6 +159,7 @@ def _export_original(out_dir: Path, case: str, probabilities: np.ndarray, props:
 @torch.inference_mode()
 def validate(network, plan: Plan, config: Configuration, folder: Path, cases: list[str], out_dir: Path, *,
              device: torch.device, previous_stage: Path | None = None, next_stages: dict[str, tuple[Path, Path]] | None = None,
+             first_stage: Path | None = None,
              save_probabilities: bool = False, export: bool = True, show_progress: bool = True,
              mirror: bool | None = None) -> list[dict]:
     """Predict ``cases`` whole and score them; returns the per-case entries (rank-local under DDP).
@@ -145,13 +179,15 @@ def validate(network, plan: Plan, config: Configuration, folder: Path, cases: li
     entries, not_exported = [], set()
     revert = _revert_function()
     for case in (progress.bar(cases, desc="validation", unit="case", leave=False) if show_progress else cases):
-        image, seg, props = network_input(folder, case, num_classes, previous_stage)
+        image, seg, props = network_input(folder, case, num_classes, previous_stage, config, first_stage)
         logits = predict_logits(network, torch.from_numpy(image), config.patch_size, step_size=STEP_SIZE,
                                 mirror_axes=mirror_axes, device=device)
         probabilities = torch.softmax(logits.float(), dim=0)
         pred = probabilities.argmax(0).numpy()
         ref = np.maximum(seg[0], 0)
         entry = {"case": case, **case_scores(pred, ref, plan.labels), "mirrored": bool(mirror), "step_size": STEP_SIZE}
+        if "liver_input" in props:  # a liver-ROI stage: whose liver mask it was given
+            entry["liver_input"] = props["liver_input"]
         if export:
             why = _export_original(out_dir, case, probabilities.numpy(), props, config, save_probabilities, revert)
             entry["exported"] = not why

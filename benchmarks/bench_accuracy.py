@@ -1,0 +1,251 @@
+"""Accuracy at equal compute: autoliver's liver-ROI lesion cascade, autoliver before it, and nnU-Net v2.
+
+A fixed LiTS-like phantom set: 40 portal-phase CTs from ``autoliver make_synthetic`` (seed 11,
+512 × 512 in-plane at 0.6-0.9 mm, 100 slices of 2-5 mm, the generator's tumours of 5-80 mm, up to
+several per liver, some livers without), the first 30 for training, the last 10 held out
+(``imagesTs``/``labelsTs``). Every step runs through a CLI in its own process, on the CPU, and every
+row is scored on the same 10 test cases by ``autoliver evaluate``: liver Dice, tumour Dice per case
+and global, lesion recall and precision under the Dice > 0.2 and LiTS IoU > 0.5 rules, recall of
+lesions < 10 mm, 10-20 mm and > 20 mm (longest axial diameter of the reference lesion), and the
+training minutes. All rows train on the 30 training cases (fold ``all``) and predict without
+mirroring (test-time augmentation off for every framework: on 2 cores nnU-Net's default network
+would need hours for the 10 cases with it), with a sliding-window step of 0.5.
+
+Rows (``AUTOLIVER_BENCH_ROWS``, comma-separated, default all of them):
+
+* ``cascade``: ``3d_fullres`` (cpu preset) for a third of the minutes finds the liver, then the
+  liver-ROI lesion stage (``AUTOLIVER_BENCH_ROI``, default ``2d_liver_roi``) for the rest;
+* ``before``: ``3d_fullres`` alone for all the minutes (autoliver before the lesion stage);
+* ``nnunet_default``: nnU-Net v2's own plan (3d_fullres), epochs cut to the same minutes;
+* ``nnunet_autoliver_plan``: nnU-Net v2's trainer on the network of autoliver's cpu ``3d_fullres``.
+
+The nnU-Net rows need ``AUTOLIVER_NNUNET_PYTHON``, a Python with nnU-Net v2 (see ANCHORS.md), and
+skip without it. ``AUTOLIVER_BENCH_MINUTES`` (default 30) is each row's training budget, all of its
+stages together; ``AUTOLIVER_BENCH_DIR`` keeps the data, models and ``accuracy.json`` (the rows)
+between runs. Run on an idle machine, alone:
+
+    python -m pytest benchmarks/bench_accuracy.py --benchmark-only -s
+
+The targets (the lesion-cascade issue's, for the cascade row): tumour global Dice ≥ 0.60, lesion
+recall (Dice > 0.2) ≥ 0.80 for lesions ≥ 10 mm and ≥ 0.50 under 10 mm, liver Dice ≥ 0.93, and no
+worse than nnU-Net v2 on any of them where its rows were run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATASET = "Dataset970_AccuracyCT"
+CASES, TEST_CASES, SEED, SHAPE = 40, 10, 11, ("100", "512", "512")
+MINUTES = float(os.environ.get("AUTOLIVER_BENCH_MINUTES", "30"))
+ROI = os.environ.get("AUTOLIVER_BENCH_ROI", "2d_liver_roi")
+ROWS = [r.strip() for r in os.environ.get("AUTOLIVER_BENCH_ROWS", "cascade,before,nnunet_default,"
+                                                                   "nnunet_autoliver_plan").split(",") if r.strip()]
+NNUNET_PYTHON = os.environ.get("AUTOLIVER_NNUNET_PYTHON")
+ITERS = 50  # iterations per epoch: a checkpoint about every minute on a CPU
+SIZE_BINS = (("< 10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), ("> 20 mm", 20.0, float("inf")))
+TARGETS = {"tumour_dice_global": 0.60, "recall_10mm_and_up": 0.80, "recall_under_10mm": 0.50, "liver_dice": 0.93}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    base = os.environ.get("AUTOLIVER_BENCH_DIR")
+    folder = Path(base) if base else tmp_path_factory.mktemp("accuracy")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def env(root: Path) -> dict:
+    return {**os.environ, "AUTOLIVER_RAW": str(root / "raw"), "AUTOLIVER_PREPROCESSED": str(root / "preprocessed"),
+            "AUTOLIVER_RESULTS": str(root / "results")}
+
+
+def autoliver(root: Path, *args: str) -> float:
+    """One CLI command in its own process; returns its wall seconds."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "autoliver", *args, "--no-progress"], env=env(root), text=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t0
+    sys.stdout.write(r.stdout[-3000:])
+    if r.returncode:
+        raise RuntimeError(f"autoliver {' '.join(args)} failed ({r.returncode})")
+    return seconds
+
+
+def dataset(root: Path) -> Path:
+    """The raw dataset, generated once: 30 training cases, the last 10 moved to imagesTs/labelsTs."""
+    raw = root / "raw" / DATASET
+    if (raw / "labelsTs").is_dir() and len(list((raw / "labelsTs").glob("*.nii.gz"))) == TEST_CASES:
+        return raw
+    labels = sorted((raw / "labelsTr").glob("*.nii.gz"))
+    if len(labels) != CASES or (raw / "labelsTs").exists():  # not generated, or a split cut short
+        shutil.rmtree(raw, ignore_errors=True)
+        autoliver(root, "make_synthetic", "-d", DATASET, "--cases", str(CASES), "--seed", str(SEED), "--shape", *SHAPE)
+        labels = sorted((raw / "labelsTr").glob("*.nii.gz"))
+    (raw / "imagesTs").mkdir()
+    (raw / "labelsTs").mkdir()
+    for label in labels[CASES - TEST_CASES:]:
+        case = label.name[: -len(".nii.gz")]
+        shutil.move(raw / "imagesTr" / f"{case}_0000.nii.gz", raw / "imagesTs" / f"{case}_0000.nii.gz")
+        shutil.move(label, raw / "labelsTs" / label.name)
+    meta = json.loads((raw / "dataset.json").read_text())
+    meta["numTraining"] = CASES - TEST_CASES
+    (raw / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return raw
+
+
+def planned(root: Path, *configurations: str) -> None:
+    dataset(root)
+    if not (root / "preprocessed" / DATASET / "plans.json").is_file():
+        autoliver(root, "plan_and_preprocess", "-d", DATASET, "--preset", "cpu", "-c", *configurations)
+    else:  # complete cases are skipped
+        autoliver(root, "preprocess", "-d", DATASET, "-c", *configurations)
+
+
+def train(root: Path, configuration: str, minutes: float) -> float:
+    """Train ``configuration`` on every training case for ``minutes``; returns the command's wall seconds."""
+    shutil.rmtree(root / "results" / DATASET / configuration / "fold_all", ignore_errors=True)
+    return autoliver(root, "train", configuration, "all", "-d", DATASET, "--minutes", f"{minutes:g}",
+                     "--iters", str(ITERS), "--device", "cpu")
+
+
+def predict(root: Path, out: Path, *args: str) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    return autoliver(root, "predict", "-i", str(root / "raw" / DATASET / "imagesTs"), "-o", str(out), "-d", DATASET,
+                     "-f", "all", "--disable-tta", "--step-size", "0.5", "--postprocessing", "none", *args)
+
+
+def score(root: Path, predictions: Path) -> dict:
+    """``autoliver evaluate`` of a prediction folder against labelsTs, reduced to the table's columns."""
+    out = predictions.with_suffix(".evaluation.json")
+    autoliver(root, "evaluate", "-ref", str(root / "raw" / DATASET / "labelsTs"), "-pred", str(predictions),
+              "-o", str(out))
+    ev = json.loads(out.read_text())
+    regions, detection = ev["regions"], ev["lesion_detection"]
+    reference = [row for case in ev["cases"] for row in case["lesions"]["lesions"] if row["source"] == "reference"]
+
+    def recall(lo, hi, rule="dice>0.2"):
+        rows = [r for r in reference if lo <= r["diameter_mm"] < hi]
+        return (float(np.mean([r["detected"][rule] for r in rows])) if rows else None), len(rows)
+
+    bins = {name: recall(lo, hi) for name, lo, hi in SIZE_BINS}
+    return {
+        "liver_dice": regions["liver"]["dice_per_case"], "tumour_dice_per_case": regions["tumour"]["dice_per_case"],
+        "tumour_dice_global": regions["tumour"]["dice_global"],
+        **{f"{k}_{rule}": detection[rule]["all"][k] for rule in ("dice>0.2", "iou>0.5") for k in ("recall", "precision")},
+        "recall_by_size": {name: r for name, (r, _) in bins.items()},
+        "lesions_by_size": {name: n for name, (_, n) in bins.items()},
+        "recall_under_10mm": bins["< 10 mm"][0], "recall_10mm_and_up": recall(10.0, float("inf"))[0],
+    }
+
+
+def save_row(root: Path, name: str, row: dict) -> None:
+    path = root / "accuracy.json"
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    rows[name] = row
+    path.write_text(json.dumps(rows, indent=2))
+    print("\n" + table(rows))
+
+
+def table(rows: dict) -> str:
+    head = ("| row | training min | liver Dice | tumour Dice per case / global | lesion recall / precision "
+            "(Dice > 0.2) | recall / precision (IoU > 0.5) | recall < 10 mm | 10-20 mm | > 20 mm |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+
+    def f(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    for name, r in rows.items():
+        by = r["recall_by_size"]
+        n = r["lesions_by_size"]
+        lines.append(f"| {name}: {r['what']} | {r['train_minutes']:.1f} | {f(r['liver_dice'])} | "
+                     f"{f(r['tumour_dice_per_case'])} / {f(r['tumour_dice_global'])} | "
+                     f"{f(r['recall_dice>0.2'])} / {f(r['precision_dice>0.2'])} | "
+                     f"{f(r['recall_iou>0.5'])} / {f(r['precision_iou>0.5'])} | "
+                     + " | ".join(f"{f(by[k])} ({n[k]})" for k, _, _ in SIZE_BINS) + " |")
+    return "\n".join(lines)
+
+
+def run_row(benchmark, root: Path, name: str, make) -> dict:
+    if name not in ROWS:
+        pytest.skip(f"row {name} not in AUTOLIVER_BENCH_ROWS")
+    rows = []
+    benchmark.pedantic(lambda: rows.append(make()), rounds=1, iterations=1)
+    row = rows[-1]
+    save_row(root, name, row)
+    benchmark.extra_info.update({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
+    return row
+
+
+def test_cascade(benchmark, root):
+    def make():
+        planned(root, "3d_fullres", ROI)
+        first = train(root, "3d_fullres", MINUTES / 3)
+        second = train(root, ROI, MINUTES * 2 / 3)
+        pred = root / "predictions" / "cascade"
+        seconds = predict(root, pred, "-c", ROI)
+        plan = json.loads((root / "preprocessed" / DATASET / "plans.json").read_text())["configurations"]
+        c1, c2 = plan["3d_fullres"], plan[ROI]
+        return {"what": (f"3d_fullres {'×'.join(f'{s:.2g}' for s in c1['spacing_zyx_mm'])} mm → {ROI} "
+                         f"{'×'.join(f'{s:.2g}' for s in c2['spacing_zyx_mm'])} mm, patch {c2['patch_size']}, "
+                         f"batch {c2['batch_size']}, recipe {c2['recipe'] or 'default'}"),
+                "train_minutes": (first + second) / 60, "predict_seconds_per_case": seconds / TEST_CASES,
+                **score(root, pred)}
+
+    row = run_row(benchmark, root, "cascade", make)
+    missed = {k: (row[k], t) for k, t in TARGETS.items() if row[k] is None or row[k] < t}
+    assert not missed, f"targets missed (value, target): {missed}"
+
+
+def test_before(benchmark, root):
+    def make():
+        planned(root, "3d_fullres")
+        seconds = train(root, "3d_fullres", MINUTES)
+        pred = root / "predictions" / "before"
+        predict(root, pred, "-c", "3d_fullres")
+        return {"what": "3d_fullres alone (cpu preset), autoliver before the lesion stage",
+                "train_minutes": seconds / 60, **score(root, pred)}
+
+    run_row(benchmark, root, "before", make)
+
+
+def nnunet_row(root: Path, variant: str) -> dict:
+    from _nnunet_accuracy import nnunet_predictions
+
+    raw = dataset(root)
+    pred = root / "predictions" / f"nnunet_{variant}"
+    kwargs = {}
+    if variant == "autoliver_plan":
+        planned(root, "3d_fullres")
+        kwargs = {"autoliver_plans": root / "preprocessed" / DATASET / "plans.json",
+                  "autoliver_configuration": "3d_fullres"}
+    info = nnunet_predictions(NNUNET_PYTHON, raw, root / "nnunet" / variant, variant, MINUTES, pred,
+                              mirror=False, step_size=0.5, **kwargs)
+    return {"what": f"nnU-Net v2 {variant.replace('_', ' ')}: {info.get('plan', '')}, {info['epochs']} epochs × "
+                    f"{info['iterations_per_epoch']} iterations",
+            "train_minutes": info["train_seconds"] / 60, **score(root, pred)}
+
+
+@pytest.mark.skipif(not NNUNET_PYTHON, reason="set AUTOLIVER_NNUNET_PYTHON to a Python with nnU-Net v2 (ANCHORS.md)")
+@pytest.mark.parametrize("variant", ["default", "autoliver_plan"])
+def test_nnunet(benchmark, root, variant):
+    sys.path.insert(0, str(Path(__file__).parent))
+    run_row(benchmark, root, f"nnunet_{variant}", lambda: nnunet_row(root, variant))
+
+
+def test_cascade_at_least_equals_nnunet(root):
+    path = root / "accuracy.json"
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    if "cascade" not in rows or not any(k.startswith("nnunet") for k in rows):
+        pytest.skip("needs the cascade row and an nnU-Net row in accuracy.json")
+    worse = {f"{k} vs {name}": (rows["cascade"][k], r[k]) for name, r in rows.items() if name.startswith("nnunet")
+             for k in TARGETS if r[k] is not None and (rows["cascade"][k] or 0) < r[k]}
+    assert not worse, f"autoliver below nnU-Net v2 (autoliver, nnU-Net): {worse}"
