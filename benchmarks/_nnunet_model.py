@@ -20,10 +20,14 @@ from pathlib import Path
 import torch
 
 
-def main(plans_json: str, configuration: str, out: str, folds: str) -> None:
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+def nnunet_plans(ours: dict, configuration: str, plans_name: str = "nnUNetPlans",
+                 data_identifier: str | None = None) -> tuple[dict, dict]:
+    """nnU-Net v2 plans (one configuration, named ``configuration``) and the PlainConvUNet keyword
+    arguments equal to ``ours["configurations"][configuration]`` of an autoliver plans.json.
 
-    ours = json.loads(Path(plans_json).read_text())
+    Pure dictionaries (no nnU-Net import), so autoliver's own Python can write the plans file too:
+    ``_nnunet_accuracy.py`` trains nnU-Net with it under another ``plans_name``; the preprocessed
+    folder is ``data_identifier`` (default ``{plans_name}_{configuration}``)."""
     cfg = ours["configurations"][configuration]
     net = cfg["network"]
     norm = cfg["normalization"][0]
@@ -38,7 +42,7 @@ def main(plans_json: str, configuration: str, out: str, folds: str) -> None:
     }
     resampling = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
     plans = {
-        "dataset_name": ours["dataset_name"], "plans_name": "nnUNetPlans",
+        "dataset_name": ours["dataset_name"], "plans_name": plans_name,
         "original_median_spacing_after_transp": cfg["spacing_zyx_mm"],
         "original_median_shape_after_transp": cfg["median_shape_zyx"], "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
@@ -47,7 +51,8 @@ def main(plans_json: str, configuration: str, out: str, folds: str) -> None:
             "max": norm["upper"], "mean": norm["mean"], "median": norm["mean"], "min": norm["lower"],
             "percentile_00_5": norm["lower"], "percentile_99_5": norm["upper"], "std": norm["std"]}},
         "configurations": {configuration: {
-            "data_identifier": f"nnUNetPlans_{configuration}", "preprocessor_name": "DefaultPreprocessor",
+            "data_identifier": data_identifier or f"{plans_name}_{configuration}",
+            "preprocessor_name": "DefaultPreprocessor",
             "batch_size": cfg["batch_size"], "patch_size": cfg["patch_size"],
             "median_image_size_in_voxels": cfg["median_shape_zyx"], "spacing": cfg["spacing_zyx_mm"],
             "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
@@ -61,6 +66,14 @@ def main(plans_json: str, configuration: str, out: str, folds: str) -> None:
                              "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
             "batch_dice": False}},
     }
+    return plans, arch_kwargs
+
+
+def main(plans_json: str, configuration: str, out: str, folds: str) -> None:
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    ours = json.loads(Path(plans_json).read_text())
+    plans, arch_kwargs = nnunet_plans(ours, configuration)
     labels = ours["labels"]
     dataset = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 1, "file_ending": ".nii.gz"}
     out_dir = Path(out)

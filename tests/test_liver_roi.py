@@ -268,3 +268,19 @@ def test_the_cascade_through_the_cli(autoliver_dirs, tmp_path):
 
     names = zipfile.ZipFile(tmp_path / "model.zip").namelist()
     assert any(n.startswith("2d_liver_roi/") for n in names) and any(n.startswith("3d_fullres/") for n in names)
+
+
+def test_perturbed_liver_masks_look_like_a_first_stage():
+    """Coarsened, dilated / eroded, notched or dropped at the configured rates; never a copy when p = 1."""
+    from autoliver.training.data import perturb_liver
+
+    mask = np.zeros((8, 64, 64), bool)
+    mask[1:7, 10:50, 12:54] = True
+    rng = np.random.default_rng(0)
+    dropped = [not perturb_liver(mask, rng, 0.0, 0.25).any() for _ in range(400)]
+    assert 0.2 < np.mean(dropped) < 0.3
+    for _ in range(20):
+        m = perturb_liver(mask, rng, 1.0, 0.0)
+        assert m.shape == mask.shape and not np.array_equal(m, mask)
+        assert 2 * (m & mask).sum() / (m.sum() + mask.sum()) > 0.6  # still the liver, roughly
+    np.testing.assert_array_equal(perturb_liver(mask, rng, 0.0, 0.0), mask)

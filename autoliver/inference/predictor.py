@@ -127,7 +127,9 @@ def _append_one_hot(data: np.ndarray, seg: np.ndarray | None, stage: StageModel)
         if extra != 1 or seg is None:
             raise ValueError(f"{stage.name}: network takes {spec.in_channels} channels; the image has {data.shape[0]} "
                              "and a liver-ROI stage adds one liver channel")
-        return np.concatenate([data.astype(np.float32, copy=False), (seg[0] > 0).astype(np.float32)[None]])
+        from autoliver.preprocessing.cropping import liver_channel
+
+        return np.concatenate([data.astype(np.float32, copy=False), liver_channel(seg[0])[None]])
     if extra not in (k - 1, k) or seg is None:
         raise ValueError(f"{stage.name}: network takes {spec.in_channels} channels; the image has {data.shape[0]}, "
                          f"so {extra} one-hot channels would be needed for {k} classes")

@@ -83,6 +83,15 @@ def liver_box(mask: np.ndarray, spacing_zyx_mm: Sequence[float], margin_mm: floa
     return tuple((max(0, a - g), min(n, b + g)) for (a, b), g, n in zip(box, grow, mask.shape))
 
 
+def liver_channel(labels: np.ndarray) -> np.ndarray:
+    """A liver-ROI stage's extra input from a first stage's labels (z, y, x): every labelled voxel,
+    holes filled (a first stage that labels an inner lesion background leaves a hole there),
+    float32 0/1."""
+    from scipy import ndimage
+
+    return ndimage.binary_fill_holes(np.asarray(labels) > 0).astype(np.float32)
+
+
 def crop(array: np.ndarray, box: Box) -> np.ndarray:
     """A view of the last three axes of ``array`` inside ``box``."""
     return array[(..., *[slice(a, b) for a, b in box])]

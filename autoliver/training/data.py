@@ -20,8 +20,9 @@ on a lesion — a case with lesions, then one of its lesions, each with equal ch
 it (``lesion_locations``) — so a 5 mm metastasis is drawn as often as a 60 mm one.
 
 A liver-ROI lesion stage (``liver_channel``) gets the liver mask (every labelled voxel) of its own
-reference as one extra channel, dilated or eroded at random like the cascade's input below, so the
-network learns to use a first stage's imperfect liver, not to copy it.
+reference as one extra channel, made to look like a first stage's (:func:`perturb_liver`: coarsened,
+dilated or eroded, notched, sometimes dropped), so the network learns to use a first stage's
+imperfect liver, not to copy it.
 
 2D configurations (patch (y, x)) sample one slice per sample. The cascade adds the previous
 stage's prediction as one-hot channels (one per foreground class) after the spatial transform
@@ -183,9 +184,10 @@ class PatchBatches(torch.utils.data.Dataset):
             onehot = np.stack([prev == k for k in range(1, self.num_classes)], axis=1).astype(np.float32)
             x = np.concatenate((x, onehot), axis=1)
         if self.liver_channel:
-            liver = (seg[:, 0] > 0).astype(np.int16)
-            if self.aug and self.aug.p_cascade_morphology > 0:
-                liver = _perturb_masks(liver, self.aug.p_cascade_morphology, 2, rng)
+            liver = seg[:, 0] > 0
+            if self.aug:
+                liver = np.stack([perturb_liver(m, rng, self.aug.p_liver_perturbation, self.aug.p_liver_dropout)
+                                  for m in liver])
             x = np.concatenate((x, liver[:, None].astype(np.float32)), axis=1)
         x, target = np.ascontiguousarray(x), np.ascontiguousarray(target)
         # a fingerprint of exactly what was drawn (resume tests compare it), computed here in the
@@ -331,6 +333,45 @@ def _perturb_masks(prev: np.ndarray, p: float, num_classes: int, rng: np.random.
         prev[b][mask & ~changed] = 0
         prev[b][changed & (prev[b] < k)] = k
     return prev
+
+
+def perturb_liver(mask: np.ndarray, rng: np.random.Generator, p: float, p_dropout: float) -> np.ndarray:
+    """A reference liver mask (one patch, 2D or 3D) made to look like what a first stage gives a
+    liver-ROI stage, so the stage learns to read the liver from the image and use the mask as a
+    hint, not to copy it (trained on exact masks, it copies them: its tumours vanish wherever a
+    first stage's mask has a hole or a notch). Each with probability ``p``: coarsened (in-plane
+    2-5× coarser and back, thresholded at a random level: the blocky edge of a first stage on a
+    coarse grid), dilated or eroded in-plane by 1-4 voxels, and notched by 1-3 balls of 2-12 voxels (a
+    missed lesion at the edge); with ``p_dropout`` all zero."""
+    if rng.random() < p_dropout:
+        return np.zeros_like(mask, dtype=bool)
+    m = mask.astype(bool, copy=True)
+    if not m.any():
+        return m
+    if rng.random() < p:
+        f = int(rng.integers(2, 6))
+        zoom = [1.0] * (m.ndim - 2) + [1.0 / f, 1.0 / f]
+        small = ndimage.zoom(m.astype(np.float32), zoom, order=1, grid_mode=True, mode="nearest")
+        back = ndimage.zoom(small, [a / b for a, b in zip(m.shape, small.shape)], order=1, grid_mode=True,
+                            mode="nearest")
+        fit = np.zeros(m.shape, np.float32)
+        region = tuple(slice(0, min(a, b)) for a, b in zip(m.shape, back.shape))
+        fit[region] = back[region]
+        m = fit > rng.uniform(0.3, 0.7)
+    if rng.random() < p:  # in-plane only: a few slices of a 3D patch must not erode away
+        op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
+        structure = ndimage.generate_binary_structure(m.ndim, 1)
+        if m.ndim == 3:
+            structure[0], structure[2] = False, False
+        m = op(m, structure=structure, iterations=int(rng.integers(1, 5)))
+    if rng.random() < p and m.any():
+        points = np.argwhere(m)
+        grid = np.indices(m.shape, sparse=True)
+        for _ in range(int(rng.integers(1, 4))):
+            centre = points[int(rng.integers(len(points)))]
+            r = float(rng.uniform(2, 12))
+            m &= sum((g - c) ** 2 for g, c in zip(grid, centre)) > r * r
+    return m
 
 
 def _worker_init(_):

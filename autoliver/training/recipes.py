@@ -46,6 +46,11 @@ class Augmentation:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     mirror: bool = True
     p_cascade_morphology: float = 0.4  # cascade: dilate/erode the previous stage's mask
+    # Liver-ROI stage: its liver channel is made to look like a first stage's (see data.perturb_liver):
+    # each of coarsening, dilation / erosion and notches with this probability, and the channel
+    # dropped (all zero) with p_liver_dropout so the network also reads the liver from the image.
+    p_liver_perturbation: float = 0.5
+    p_liver_dropout: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,11 @@ register(dataclasses.replace(
     DEFAULT, name="dice_bce_focal_tversky", loss={"dice": 0.3, "bce": 0.3, "focal_tversky": 0.4},
     description="0.3 Dice + 0.3 BCE + 0.4 focal Tversky, for small, imbalanced tumours"))
 register(dataclasses.replace(
-    DEFAULT, name="lesion", loss={"dice": 1.0, "ce": 1.0, "focal_tversky": 0.5}, oversample_lesions=1 / 3,
-    description="for small, imbalanced tumours: Dice + CE + 0.5 focal Tversky (false negatives weigh 0.7), and a "
-                "third of the patches centred on a lesion chosen lesion by lesion (the planner's choice for lesion "
-                "stages of datasets with small or few tumours)"))
+    DEFAULT, name="lesion", oversample_foreground=0.2, oversample_lesions=0.15,
+    description="for small, imbalanced tumours: nnU-Net's Dice + CE and its third of forced patches, of which 0.15 "
+                "(of all patches) are centred on a lesion chosen lesion by lesion, so a 5 mm metastasis is drawn "
+                "as often as a 60 mm one (the planner's choice for lesion stages of datasets with small or few "
+                "tumours)"))
 register(dataclasses.replace(
     DEFAULT, name="dice_focal", loss={"dice": 0.8, "focal": 0.2}, description="0.8 Dice + 0.2 focal"))
 register(dataclasses.replace(

@@ -86,7 +86,7 @@ def first_stage_liver(first_stage: Path | None, case: str, seg: np.ndarray, prop
             orders, _ = label_orders(props, config)
             cropped = np.ascontiguousarray(cropping.crop(labels > 0, box)).astype(np.uint8)
             mask = resampling.resample_labels(cropped, tuple(props["shape_after_resampling_zyx"]), orders)
-            return mask.astype(np.float32), "first stage"
+            return cropping.liver_channel(mask), "first stage"
     return (seg[0] > 0).astype(np.float32), "reference"
 
 
