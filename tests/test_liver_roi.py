@@ -212,12 +212,16 @@ def _fingerprint(box_fraction: float, diameters=(22.0, 8.0)):
 
 
 def test_planner_plans_the_lesion_stage_from_the_liver_box():
-    plan = plan_experiment(_fingerprint(0.5), load_preset("cpu"), Budget("cpu", 16 * 2**30, SPEED))
+    plan = plan_experiment(_fingerprint(0.5), load_preset("default"), Budget("cuda", 8 * 2**30))
     roi = plan.configurations["3d_liver_roi"]
     # the box (50 × 150 × 150 voxels at 2.5 × 0.8 × 0.8 mm) + 15 mm each side, at the target spacing
     assert roi.median_shape_zyx == (62, 188, 188)
-    assert roi.spacing_zyx_mm == (2.5, 0.8, 0.8)  # full resolution, never coarsened like the cpu 3d_fullres
-    assert plan.configurations["3d_fullres"].spacing_zyx_mm != roi.spacing_zyx_mm
+    assert roi.spacing_zyx_mm == (2.5, 0.8, 0.8)
+    cpu = plan_experiment(_fingerprint(0.5), load_preset("cpu"), Budget("cpu", 16 * 2**30, SPEED))
+    # the cpu preset: at least 1.5 mm in-plane (liver_roi_min_spacing_mm), still finer than its 3d_fullres
+    assert cpu.configurations["3d_liver_roi"].spacing_zyx_mm == (2.5, 1.5, 1.5)
+    assert cpu.configurations["3d_liver_roi"].median_shape_zyx == (62, 100, 100)
+    assert cpu.configurations["3d_fullres"].spacing_zyx_mm[1] > 1.5
     assert roi.previous_stage == "3d_fullres" and roi.roi_margin_mm == 15.0 and roi.network.in_channels == 2
     assert roi.recipe == "lesion" and "median diameter 15.0 mm" in roi.reasons["recipe"]
     assert plan.configurations["2d_liver_roi"].data_identifier == roi.data_identifier

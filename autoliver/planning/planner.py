@@ -442,13 +442,16 @@ class _Planner:
         if not first:
             return skip("no first stage to find the liver (plan 3d_fullres or 2d too)")
         margin = p.liver_roi_margin_mm
+        floor = p.liver_roi_min_spacing_mm
+        spacing = (float(target[0]), *(max(float(t), floor) for t in target[1:]))
         shapes = []
         for case, box in boxes:  # the box in mm, grown by the margin, within the body crop
             crop_mm = np.asarray(case.shape_after_crop_zyx) * np.asarray(case.spacing_zyx_mm)
             mm = np.array([b - a for a, b in box]) * np.asarray(case.spacing_zyx_mm) + 2 * margin
-            shapes.append(np.minimum(mm, crop_mm) / np.asarray(target))
+            shapes.append(np.minimum(mm, crop_mm) / np.asarray(spacing))
         box_median = tuple(max(1, int(round(m))) for m in np.median(np.array(shapes), axis=0))
-        fraction = math.prod(box_median) / math.prod(median)
+        at_target = np.median(np.array(shapes), axis=0) * np.asarray(spacing) / np.asarray(target)
+        fraction = math.prod(at_target) / math.prod(median)
         if fraction > p.liver_roi_max_box_fraction:
             return skip(f"the liver box (+ {margin:g} mm) holds {fraction:.0%} of the median body crop's voxels "
                         f"(> {p.liver_roi_max_box_fraction:.0%}): cropping to it saves little")
@@ -457,18 +460,20 @@ class _Planner:
         out = {}
         for name in wanted:
             try:
-                c = self.configuration(name, target, box_median, approx_voxels, architecture=p.architecture,
+                c = self.configuration(name, spacing, box_median, approx_voxels, architecture=p.architecture,
                                        in_channels=self.channels + 1, previous_stage=first)
             except UserError as e:  # does not fit the budget: skipped, the first stages stand
                 plan_reasons[name] = f"skipped: {e}"
                 continue
             dims = "3D" if name.startswith("3d") else "2D (axial slices)"
             out[name] = replace(c, roi_margin_mm=float(margin), recipe=recipe, reasons={
-                "configuration": (f"lesion stage, {dims} U-Net on the liver's box + {margin:g} mm at the target spacing "
-                                  f"(median box {_fmt(box_median)} voxels, {fraction:.0%} of the median body crop "
+                "configuration": (f"lesion stage, {dims} U-Net on the liver's box + {margin:g} mm at "
+                                  + ("the target spacing " if spacing == tuple(target) else
+                                     f"{_fmt(spacing)} mm (in-plane at least {floor:g} mm, preset {p.name}) ")
+                                  + f"(median box {_fmt(box_median)} voxels, {fraction:.0%} of the median body crop "
                                   f"{_fmt(median)}; ≤ {p.liver_roi_max_box_fraction:.0%}); input: the image and the "
                                   f"liver mask of a first stage ({first} planned; any trained configuration can be "
-                                  "used), trained on the reference liver with random dilation / erosion"),
+                                  "used), trained on the reference liver made to look like a first stage's"),
                 "recipe": recipe_reason, **c.reasons})
         return out
 

@@ -66,6 +66,10 @@ class PlannerPreset:
     # spacing on the box, never coarsened (its point is resolution where the lesions are).
     liver_roi_max_box_fraction: float = 0.5
     liver_roi_margin_mm: float = 15.0
+    # ... at an in-plane spacing of at least this (0: the target spacing). A CPU's lesion stage
+    # (cpu preset: 1.5 mm) averages the voxel noise that hides low-contrast lesions at 0.7 mm and
+    # sees four times the area per patch.
+    liver_roi_min_spacing_mm: float = 0.0
     # Training recipe chosen from the fingerprint: datasets whose tumours are small (median lesion
     # diameter ≤ this) or a small share of the liver (≤ lesion_recipe_max_tumour_fraction) are
     # trained with ``lesion_recipe`` (Dice + BCE + focal Tversky, lesion-centred patches).
@@ -134,6 +138,7 @@ def _validate(preset: PlannerPreset, where: str) -> list[str]:
     need(0 <= p.min_patch_coverage_3d < 1, "min_patch_coverage_3d", "in [0, 1)", p.min_patch_coverage_3d)
     need(0 < p.liver_roi_max_box_fraction <= 1, "liver_roi_max_box_fraction", "in (0, 1]", p.liver_roi_max_box_fraction)
     need(p.liver_roi_margin_mm >= 0, "liver_roi_margin_mm", "≥ 0", p.liver_roi_margin_mm)
+    need(p.liver_roi_min_spacing_mm >= 0, "liver_roi_min_spacing_mm", "≥ 0", p.liver_roi_min_spacing_mm)
     need(p.lesion_recipe_max_median_diameter_mm >= 0, "lesion_recipe_max_median_diameter_mm", "≥ 0",
          p.lesion_recipe_max_median_diameter_mm)
     need(0 <= p.lesion_recipe_max_tumour_fraction <= 1, "lesion_recipe_max_tumour_fraction", "in [0, 1]",
