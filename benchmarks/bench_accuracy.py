@@ -35,13 +35,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _cli import bench_root, run_autoliver  # noqa: E402
 
 DATASET = "Dataset970_AccuracyCT"
 CASES, TEST_CASES, SEED, SHAPE = 40, 10, 11, ("100", "512", "512")
@@ -57,27 +58,11 @@ TARGETS = {"tumour_dice_global": 0.60, "recall_10mm_and_up": 0.80, "recall_under
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    base = os.environ.get("AUTOLIVER_BENCH_DIR")
-    folder = Path(base) if base else tmp_path_factory.mktemp("accuracy")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def env(root: Path) -> dict:
-    return {**os.environ, "AUTOLIVER_RAW": str(root / "raw"), "AUTOLIVER_PREPROCESSED": str(root / "preprocessed"),
-            "AUTOLIVER_RESULTS": str(root / "results")}
+    return bench_root(tmp_path_factory, "accuracy")
 
 
 def autoliver(root: Path, *args: str) -> float:
-    """One CLI command in its own process; returns its wall seconds."""
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "autoliver", *args, "--no-progress"], env=env(root), text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - t0
-    sys.stdout.write(r.stdout[-3000:])
-    if r.returncode:
-        raise RuntimeError(f"autoliver {' '.join(args)} failed ({r.returncode})")
-    return seconds
+    return run_autoliver(root, *args)
 
 
 def dataset(root: Path) -> Path:

@@ -30,13 +30,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _cli import bench_root, run_autoliver  # noqa: E402
 
 from autoliver.training.trainer import cpu_has_native_bf16
 
@@ -56,24 +57,11 @@ PRECISION = os.environ.get("AUTOLIVER_BENCH_PRECISION",
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    base = os.environ.get("AUTOLIVER_BENCH_DIR")
-    folder = Path(base) if base else tmp_path_factory.mktemp("learning")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return bench_root(tmp_path_factory, "learning")
 
 
 def autoliver(root: Path, *args: str) -> float:
-    """Run one CLI command in its own process; returns its wall seconds."""
-    env = {**os.environ, "AUTOLIVER_RAW": str(root / "raw"), "AUTOLIVER_PREPROCESSED": str(root / "preprocessed"),
-           "AUTOLIVER_RESULTS": str(root / "results")}
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "autoliver", *args, "--no-progress"], env=env, text=True,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    seconds = time.perf_counter() - t0
-    sys.stdout.write(r.stdout[-4000:])
-    if r.returncode:
-        raise RuntimeError(f"autoliver {' '.join(args)} failed ({r.returncode})")
-    return seconds
+    return run_autoliver(root, *args)
 
 
 def prepared(root: Path, dataset: str, configuration: str, make) -> None:
