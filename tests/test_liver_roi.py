@@ -8,16 +8,12 @@ would have learnt.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 from autoliver.fingerprint.fingerprint import IntensityStats, fingerprint_from_geometry
-from autoliver.inference.model import Model, StageModel
 from autoliver.inference.predictor import PredictOptions, predict_case
-from autoliver.io.images import Geometry, Image
 from autoliver.planning.budget import Budget
 from autoliver.planning.memory import CpuSpeed
 from autoliver.planning.planner import plan_experiment
@@ -25,63 +21,7 @@ from autoliver.planning.presets import load_preset
 from autoliver.preprocessing import cropping, storage
 from autoliver.preprocessing.pipeline import lesion_locations, preprocess_case, revert_to_original
 from autoliver.training.data import PatchBatches
-from inference_helpers import LABELS, tiny_configuration, tiny_plan
-
-BODY_HU, LIVER_HU, LESION_HU = 0, 100, 200
-
-
-def abdomen(shape=(40, 64, 64), spacing=(3.0, 3.0, 3.0), lesion_radius_mm=9.0):
-    """CT (HU) and labels of a body (0 HU) holding a liver block (100 HU) with a hyperdense lesion
-    (200 HU) centred on the liver's right edge: half of it lies outside the liver block."""
-    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
-    ct = np.full(shape, -1000, np.int16)
-    ct[:, 4:-4, 4:-4] = BODY_HU
-    liver = (z >= 30) & (z < 90) & (y >= 45) & (y < 120) & (x >= 30) & (x < 110)
-    lesion = (z - 60) ** 2 + (y - 80) ** 2 + (x - 110) ** 2 <= lesion_radius_mm ** 2
-    ct[liver] = LIVER_HU
-    ct[lesion] = LESION_HU
-    label = np.zeros(shape, np.uint8)
-    label[liver] = 1
-    label[lesion] = 2
-    geometry = Geometry(spacing=tuple(reversed(spacing)), origin=(-12.0, 30.0, 7.5),
-                        direction=(-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0), shape_zyx=shape)
-    return Image(ct, geometry, path="abdomen.nii.gz"), label
-
-
-class Oracle(torch.nn.Module):
-    """Logits from Hounsfield units (the tiny plan's CT normalisation undone): liver where the scan
-    is liver-like; the first stage sees no lesions at all (it misses the edge lesion, as a coarse
-    liver model might), the lesion stage marks 200 HU as tumour and keeps the liver inside the
-    first stage's mask (its extra channel)."""
-
-    def __init__(self, lesion_stage: bool):
-        super().__init__()
-        self.lesion_stage = lesion_stage
-        self.register_buffer("unused", torch.zeros(1))
-
-    def forward(self, x):
-        hu = x[:, :1] * 80.0 + 50.0  # tiny_configuration: clip [-200, 300], mean 50, std 80
-        liver = ((hu > 80) & (hu < 120)).float()
-        tumour = torch.zeros_like(liver)
-        if self.lesion_stage:
-            liver = liver * (x[:, 1:2] > 0.5).float()
-            tumour = (hu > 150).float()
-        background = 1.0 - torch.maximum(liver, tumour)
-        return 20.0 * torch.cat([background, liver, tumour], dim=1)
-
-
-def cascade(margin_mm=15.0, spacing=(3.0, 3.0, 3.0), first_spacing=(3.0, 3.0, 3.0), dims=3):
-    first = tiny_configuration("3d_fullres", spacing=first_spacing, patch=(16, 32, 32))
-    roi_patch = (16, 32, 32) if dims == 3 else (32, 32)
-    roi = dataclasses.replace(tiny_configuration("3d_liver_roi" if dims == 3 else "2d_liver_roi", spacing=spacing,
-                                                 patch=roi_patch, dims=dims, in_channels=2,
-                                                 previous_stage="3d_fullres"),
-                              roi_margin_mm=margin_mm)
-    plan = tiny_plan([first, roi])
-    stage1 = StageModel(plan, first, [Oracle(False)], ["0"], folder="3d_fullres")
-    stage2 = StageModel(plan, roi, [Oracle(True)], ["0"], previous=stage1, folder=roi.name)
-    return Model([stage2])
-
+from inference_helpers import LABELS, abdomen, cascade
 
 def test_liver_box_keeps_big_components_and_grows_by_the_margin():
     mask = np.zeros((20, 40, 40), bool)

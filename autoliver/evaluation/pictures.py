@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autoliver.io.orientation import canonical_axes, canonical_zyx, to_canonical
+
 VIEWS = ("axial", "coronal", "sagittal")
 STRUCTURE_COLOURS = {"liver": "#2ecc40", "tumour": "#ff4136"}
 CT_WINDOW_HU = (-160.0, 240.0)  # abdominal soft-tissue window, level 40 HU, width 400 HU
@@ -28,27 +30,14 @@ class Oriented:
 
 def orientation_permutation(direction) -> tuple[list[int], list[bool]]:
     """For each display axis (z, y, x = S, P, L), the source array axis and whether to flip it."""
-    d = np.asarray(direction, dtype=np.float64).reshape(3, 3)
-    source, flip = [0, 0, 0], [False, False, False]
-    used = set()
-    for itk_axis in np.argsort(-np.abs(d).max(axis=0)):  # most clearly aligned axes first
-        col = np.abs(d[:, itk_axis]).copy()
-        col[list(used)] = -1.0
-        world = int(np.argmax(col))
-        used.add(world)
-        source[2 - world] = 2 - int(itk_axis)
-        flip[2 - world] = bool(d[world, itk_axis] < 0)
-    return source, flip
+    o = canonical_axes(direction)
+    return o["axes"], o["flip"]
 
 
 def to_display(array: np.ndarray, spacing_zyx_mm, direction) -> Oriented:
-    source, flip = orientation_permutation(direction)
-    out = np.transpose(array, source)
-    for axis, f in enumerate(flip):
-        if f:
-            out = np.flip(out, axis)
-    spacing = tuple(float(spacing_zyx_mm[s]) for s in source)
-    return Oriented(np.ascontiguousarray(out), spacing)
+    o = canonical_axes(direction)
+    return Oriented(np.ascontiguousarray(to_canonical(array, o)),
+                    tuple(float(s) for s in canonical_zyx(spacing_zyx_mm, o)))
 
 
 def window(image: np.ndarray) -> tuple[float, float]:

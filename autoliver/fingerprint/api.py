@@ -18,6 +18,7 @@ from autoliver import progress
 from autoliver.datasets.dataset import DatasetInfo
 from autoliver.errors import UserError
 from autoliver.fingerprint import stats
+from autoliver.io import orientation
 from autoliver.fingerprint.fingerprint import (
     SCHEMA_VERSION,
     CaseFingerprint,
@@ -94,13 +95,19 @@ def fingerprint_case(info: DatasetInfo, case: str, num_samples: int) -> tuple[Ca
     for c in range(channels.shape[0]):
         noise.append(float(stats.estimate_noise_sigma(channels[c][crop], liver_mask[crop], rng)))
         liver_mean.append(float(channels[c][liver_mask].mean()) if liver_mask.any() else 0.0)
+    # Geometry in the canonical voxel order the pipeline works in (axial slices first, whatever the
+    # file's order); the statistics above and the labels' are the same in any order.
+    orient = orientation.canonical_axes(geometry.direction)
+    liver_box = labelled_box(seg)
     summary = CaseFingerprint(
-        case=case, shape_zyx=tuple(int(s) for s in seg.shape), spacing_zyx_mm=spacing,
-        orientation=geometry.orientation(), crop_bbox_zyx=box,
-        shape_after_crop_zyx=tuple(int(b - a) for a, b in box),
+        case=case, shape_zyx=tuple(int(s) for s in orientation.canonical_zyx(seg.shape, orient)),
+        spacing_zyx_mm=orientation.canonical_zyx(spacing, orient),
+        orientation=geometry.orientation(), crop_bbox_zyx=orientation.canonical_box(box, seg.shape, orient),
+        shape_after_crop_zyx=tuple(int(b - a) for a, b in orientation.canonical_box(box, seg.shape, orient)),
         labels=stats.label_stats(seg, spacing, info.labels),
         intensity=tuple(stats.intensity_stats(samples[c]) for c in range(samples.shape[0])),
-        noise_sigma=tuple(noise), liver_mean=tuple(liver_mean), liver_bbox_zyx=labelled_box(seg))
+        noise_sigma=tuple(noise), liver_mean=tuple(liver_mean),
+        liver_bbox_zyx=orientation.canonical_box(liver_box, seg.shape, orient) if liver_box else None)
     return summary, samples
 
 

@@ -2,8 +2,9 @@
 
 A typed, versioned document. Per case: geometry (spacing, orientation, shape before and after
 cropping to the body), label statistics and a noise estimate; per channel: foreground intensity
-statistics pooled over the dataset. Axes are (z, y, x) throughout; channels are the network's
-input channels (for a 4D DCE-MRI file: one per phase).
+statistics pooled over the dataset. Axes are (z, y, x) throughout, in the canonical voxel order the
+pipeline works in (:mod:`autoliver.io.orientation`; ``orientation`` records the file's own);
+channels are the network's input channels (for a 4D DCE-MRI file: one per phase).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ Same arithmetic as :func:`autoliver.preprocessing.pipeline.revert_to_original` f
 convention, background probability 1 outside the crop box), but streamed: each slab of output
 slices reads only the network-grid slices its interpolation weights touch, so a label map of a
 512×512×1000 scan never needs K full-resolution float32 volumes. Several configurations (an
-ensemble) are averaged slab by slab.
+ensemble) are averaged slab by slab. Slabs are slices of the canonical voxel order the case was
+preprocessed in (:mod:`autoliver.io.orientation`); the finished volume goes back to the file's.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autoliver.io import orientation
 from autoliver.postprocessing.steps import argmax_labels
 from autoliver.preprocessing import resampling
 from autoliver.preprocessing.pipeline import _orders_from
@@ -118,8 +120,23 @@ def mean_slabs(stages: list[tuple[object, dict, object]]) -> Iterator[tuple[int,
         yield z0, z1, total
 
 
+def _orientation(stages: list[tuple[object, dict, object]]) -> dict | None:
+    """The voxel order all stages' grids share (their properties' "orientation")."""
+    orients = [props.get("orientation") for _, props, _ in stages]
+    for o in orients[1:]:
+        if orientation.is_identity(o) != orientation.is_identity(orients[0]) or \
+                (o is not None and orients[0] is not None and o != orients[0]):
+            raise ValueError(f"original grid: stages disagree on the voxel order ({o} vs {orients[0]}); "
+                             "ensemble models planned alike")
+    return orients[0]
+
+
 def labels_on_original_grid(stages: list[tuple[object, dict, object]]) -> np.ndarray:
-    """Argmax of the (mean) probabilities on the original grid, uint8 (z, y, x)."""
+    """Argmax of the (mean) probabilities on the original grid, uint8 (z, y, x) in the file's order."""
+    return np.ascontiguousarray(orientation.from_canonical(_canonical_labels(stages), _orientation(stages)))
+
+
+def _canonical_labels(stages: list[tuple[object, dict, object]]) -> np.ndarray:
     if len(stages) == 1:  # one configuration: outside its crop box everything is background
         m = _mapping(*stages[0])
         out = np.zeros(m.full_shape, dtype=np.uint8)
@@ -137,9 +154,10 @@ def labels_on_original_grid(stages: list[tuple[object, dict, object]]) -> np.nda
 
 
 def probabilities_on_original_grid(stages: list[tuple[object, dict, object]], dtype=np.float16) -> np.ndarray:
-    """The (mean) probabilities on the original grid, (K, z, y, x) in ``dtype``."""
+    """The (mean) probabilities on the original grid, (K, z, y, x) in ``dtype``, in the file's order."""
     first = _mapping(*stages[0])
     out = np.empty((first.probabilities.shape[0], *first.full_shape), dtype=dtype)
     for z0, z1, p in mean_slabs(stages):
         out[:, z0:z1] = p.numpy()
-    return out
+    orient = _orientation(stages)
+    return out if orientation.is_identity(orient) else np.ascontiguousarray(orientation.from_canonical(out, orient))

@@ -119,6 +119,10 @@ class Plan:
     # ({case}_0000, _0001, …); N > 0 = one 4D file ({case}_0000) holding the N phases. Prediction
     # asks for the same files as training had.
     phases_in_file: int = 0
+    # Voxel order inside the pipeline: "canonical" (autoliver.io.orientation: axial slices first,
+    # then front→back, right→left, whatever each file's order; predictions go back to it exactly) or
+    # "as_stored" (each file's own order: plans written before this field, nnU-Net's models).
+    orientation: str = "as_stored"
 
     def configuration(self, name: str) -> Configuration:
         from autoliver.errors import choose

@@ -75,6 +75,17 @@ def patch_coverage(config: Configuration) -> float:
     return math.prod(config.patch_size) / math.prod(config.median_shape_zyx)
 
 
+def orientation_reason(fp: Fingerprint) -> str:
+    """What the plan says about voxel order: the files' orientations and that all go to one."""
+    counts: dict[str, int] = {}
+    for c in fp.cases:
+        counts[c.orientation] = counts.get(c.orientation, 0) + 1
+    stored = ", ".join(f"{n} {o}" for o, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return ("canonical: every case is turned to one voxel order (axial slices first, then front→back and "
+            "right→left: ITK's identity direction) by axis permutations and flips only, and predictions are "
+            f"turned back to each file's own order; the files are stored {stored or 'in no known order'}")
+
+
 def _is_anisotropic(spacing, threshold: float) -> bool:
     return max(spacing) / min(spacing) > threshold
 
@@ -293,6 +304,7 @@ class _Planner:
         approx_voxels = float(math.prod(median)) * fp.num_cases
         plan_reasons["median_shape"] = (f"{_fmt(median)} voxels (z, y, x) after cropping ({fp.crop_rule}) and "
                                         f"resampling {fp.num_cases} case(s)")
+        plan_reasons["orientation"] = orientation_reason(fp)
         arch = p.architecture
         configs: dict[str, Configuration] = {}
         is3d = median[0] > 1
@@ -355,7 +367,7 @@ class _Planner:
         return Plan(schema_version=SCHEMA_VERSION, dataset_name=fp.dataset_name, preset=p.name, modality=fp.modality,
                     channel_names=tuple(fp.channel_names), labels=dict(fp.labels), num_phases=fp.num_phases,
                     device=self.budget.device, memory_budget_bytes=self.usable, configurations=ordered,
-                    reasons=plan_reasons, phases_in_file=fp.phases_in_file)
+                    reasons=plan_reasons, phases_in_file=fp.phases_in_file, orientation="canonical")
 
     def coarsened(self, name: str, target, median, threshold: float, **kwargs) -> tuple[Configuration | None, bool]:
         """nnU-Net's 3d_lowres search: coarsen the spacing by ``lowres_spacing_step`` — only the axes more

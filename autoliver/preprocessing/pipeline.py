@@ -1,10 +1,13 @@
 """The pure per-case steps of preprocessing, and their inverse.
 
-    images (+ label) ─ crop to the body ─ [bilateral denoising] ─ normalise ─ resample ─▶ data, seg, properties
-    prediction (labels or probabilities on the preprocessed grid) ─ resample back ─ uncrop ─▶ original grid
+    images (+ label) ─ canonical order ─ crop to the body ─ [bilateral denoising] ─ normalise ─ resample ─▶ data, seg, properties
+    prediction (labels or probabilities on the preprocessed grid) ─ resample back ─ uncrop ─ file's order ─▶ original grid
 
-Arrays are (z, y, x) as read (no reorientation: the voxel order of the file is kept and its
-geometry travels in the properties); data is (C, z, y, x) float32, seg (1, z, y, x) int8.
+Arrays are (z, y, x). A plan with ``orientation == "canonical"`` (every plan since that field)
+first turns each case to one voxel order (:mod:`autoliver.io.orientation`: axial slices first,
+then front→back, right→left) by permutations and flips, and records them in the properties; an
+older plan keeps the file's order. The file's geometry travels in the properties; data is
+(C, z, y, x) float32, seg (1, z, y, x) int8.
 Nothing here reads or writes files: :mod:`autoliver.preprocessing.run` does that.
 
 Which configuration's settings apply: configurations that share a ``data_identifier`` share
@@ -23,6 +26,7 @@ import numpy as np
 
 from autoliver.errors import UserError
 from autoliver.io.images import Image
+from autoliver.io import orientation
 from autoliver.planning.plan import Configuration, Plan
 from autoliver.preprocessing import cropping, normalization, resampling
 from autoliver.schema import dumps, to_jsonable
@@ -77,6 +81,8 @@ def preprocessing_hash(plan: Plan, config: Configuration) -> str:
         # liver_zscore data once used the label's statistics; such data is stale (redone), data of
         # other schemes is unchanged and keeps its hash.
         key["liver_zscore_statistics"] = "label-free case estimate"
+    if plan.orientation != "as_stored":  # only then: data of older plans keeps its hash
+        key["orientation"] = plan.orientation
     return hashlib.sha256(dumps(key).encode()).hexdigest()[:16]
 
 
@@ -285,14 +291,18 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
     check_input_layout(images, plan, case)
     arrays, first = stack_channels(images, case)
     geometry = first.geometry
+    if seg is not None:
+        seg = _check_seg(seg, tuple(int(n) for n in arrays[0].shape), plan, case)
+    # one voxel order for every case (views: permutations and flips only)
+    orient = orientation.canonical_axes(geometry.direction) if plan.orientation == "canonical" else None
+    arrays = [orientation.to_canonical(a, orient) for a in arrays]
+    seg = orientation.to_canonical(seg, orient) if seg is not None else None
     shape = tuple(int(n) for n in arrays[0].shape)
-    spacing = tuple(float(s) for s in geometry.spacing_zyx_mm)
+    spacing = tuple(float(s) for s in orientation.canonical_zyx(geometry.spacing_zyx_mm, orient))
     norms = _norm_per_channel(cfg, len(arrays), case)
     for c, n in enumerate(norms):
         normalization.check_normalization(n, f"plan.configurations.{cfg.name}.normalization[{c}]")
     fg_labels = sorted(v for v in plan.labels.values() if v != 0)
-    if seg is not None:
-        seg = _check_seg(seg, shape, plan, case)
 
     box = cropping.body_box(arrays, plan.modality, seg)
     roi = None
@@ -348,6 +358,8 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
         "data_identifier": config.data_identifier,
         "preprocessing_hash": preprocessing_hash(plan, config),
     }
+    if orient is not None:
+        properties["orientation"] = orient
     if locations is not None:
         properties["class_locations"] = locations
         if lesions is not None:
@@ -398,9 +410,11 @@ def revert_to_original(array: np.ndarray, properties: dict, config: Configuratio
             raise ValueError(f"revert_to_original: a label map must be (z, y, x), got shape {arr.shape}")
         arr = np.where(arr < 0, 0, arr) if arr.dtype.kind == "i" else arr
         restored = resampling.resample_labels(arr, crop_shape, orders)
-        return cropping.uncrop(restored, box, full_shape, 0)
+        return np.ascontiguousarray(orientation.from_canonical(cropping.uncrop(restored, box, full_shape, 0),
+                                                               properties.get("orientation")))
     if arr.ndim != 4:
         raise ValueError(f"revert_to_original: probabilities must be (K, z, y, x), got shape {arr.shape}")
     restored = resampling.resample_probabilities(arr, crop_shape, orders, through_axis=axis)
     fill = [1.0] + [0.0] * (arr.shape[0] - 1)
-    return cropping.uncrop(restored, box, full_shape, fill)
+    return np.ascontiguousarray(orientation.from_canonical(cropping.uncrop(restored, box, full_shape, fill),
+                                                           properties.get("orientation")))

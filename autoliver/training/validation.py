@@ -80,7 +80,9 @@ def first_stage_liver(first_stage: Path | None, case: str, seg: np.ndarray, prop
         from autoliver.preprocessing import cropping, resampling
         from autoliver.preprocessing.pipeline import label_orders
 
-        labels = read_image(path).array
+        from autoliver.io.orientation import to_canonical
+
+        labels = to_canonical(read_image(path).array, props.get("orientation"))  # the case's voxel order
         if tuple(labels.shape) == tuple(props["shape_before_crop_zyx"]):
             box = tuple(tuple(b) for b in props["crop_bbox_zyx"])
             orders, _ = label_orders(props, config)
