@@ -43,6 +43,7 @@ class DemoSettings:
     tta: bool = True
     overwrite: bool = False
     progress: bool = True
+    randomize: bool = False  # generator version 2 (make_synthetic --randomize)
 
 
 @dataclass
@@ -73,13 +74,26 @@ def _step(name: str, seconds: dict, say):
 def _make_data(s: DemoSettings, raw: Path, heldout_root: Path) -> tuple[Path, Path]:
     from autoliver.synthetic import make_synthetic_dataset
 
+    from autoliver.errors import UserError
+    from autoliver.synthetic.dataset import generator_version
+
     train = raw / DATASET
     heldout = heldout_root / HELDOUT
+    version = generator_version(s.randomize)
+    for folder in (train, heldout):
+        meta = folder / "dataset.json"
+        found = json.loads(meta.read_text()).get("synthetic", {}).get("generator_version") if meta.is_file() else None
+        if found is not None and found != version:
+            raise UserError(f"{folder}: made by generator version {found}, but this demo asks for version {version} "
+                            f"({'with' if s.randomize else 'without'} --randomize). Use another --workdir, or "
+                            "--overwrite to start this one over.")
     if not (train / "dataset.json").is_file():
-        make_synthetic_dataset(train, s.train_cases, seed=s.seed, shape_zyx=s.shape_zyx, progress=s.progress)
+        make_synthetic_dataset(train, s.train_cases, seed=s.seed, shape_zyx=s.shape_zyx, progress=s.progress,
+                               randomize=s.randomize)
     if not (heldout / "dataset.json").is_file():
         # Another seed: phantoms the network never sees in training.
-        make_synthetic_dataset(heldout, s.test_cases, seed=s.seed + 7919, shape_zyx=s.shape_zyx, progress=s.progress)
+        make_synthetic_dataset(heldout, s.test_cases, seed=s.seed + 7919, shape_zyx=s.shape_zyx, progress=s.progress,
+                               randomize=s.randomize)
     return train, heldout
 
 
@@ -213,7 +227,7 @@ def run(args) -> int:
                      shape_zyx=tuple(args.shape), seed=args.seed, configuration=args.configuration,
                      preset=args.preset, train_minutes=args.train_minutes, iterations_per_epoch=args.iters,
                      epochs=args.epochs, num_processes=args.num_processes, tta=not args.disable_tta,
-                     overwrite=args.overwrite, progress=not args.no_progress)
+                     overwrite=args.overwrite, progress=not args.no_progress, randomize=args.randomize)
     result = run_demo(s)
     print_result(result)
     if args.min_liver_dice and not result.liver_dice >= args.min_liver_dice:
@@ -244,6 +258,9 @@ def register(sub) -> None:
     p.add_argument("--min-liver-dice", type=float, default=0.0,
                    help="exit with status 1 when the held-out liver Dice is below this (for CI)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for data steps")
+    p.add_argument("--randomize", action="store_true",
+                   help="train on generator version 2 (make_synthetic --randomize): phantoms that vary like real "
+                        "scans, for a model meant for real CTs")
     p.add_argument("--overwrite", action="store_true", help="delete the work folder first and start over")
     add_progress_arg(p)
     p.set_defaults(func=run)

@@ -160,6 +160,9 @@ class Anatomy:
     liver_level: float | None = None
     vessels: tuple[Capsule, ...] = ()
     tumours: tuple[Tumour, ...] = ()
+    # generator version 2 only (randomize.py): arms beside the body, and whether the table is there
+    arms: tuple = ()
+    table: bool = True
 
     def width(self, z):
         return self.a * (1.0 + 0.04 * np.tanh(self.width_curve(z)))
@@ -175,14 +178,35 @@ class Anatomy:
         return np.maximum(self.dome_z - k * r2_right, self.dome_z - self.dome_left_drop - k * r2_left)
 
 
-def draw_anatomy(rng: np.random.Generator) -> Anatomy:
-    """Draw one patient. The order of draws is fixed (same seed → same patient)."""
-    u = rng.uniform
-    a = u(145.0, 185.0)
+# Generator version 2 (``randomized``): wider ranges for these draws (name → (low, high)); the order
+# of draws is the same, so version 1 is unchanged.
+RANDOMIZED_ANATOMY = {
+    "a": (125.0, 210.0),  # body half-width: slim to obese
+    "fat_extra": (0.0, 30.0),  # subcutaneous fat beyond what the width implies
+    "right_lobe": ((55.0, 95.0), (55.0, 95.0), (60.0, 105.0)),
+    "left_lobe": ((30.0, 100.0), (16.0, 45.0), (25.0, 65.0)),
+    "liver_blend": (8.0, 24.0),
+    "liver_warp": (6.0, 20.0),
+    "liver_litres": (0.9, 2.2),
+}
+
+
+def draw_anatomy(rng: np.random.Generator, randomized: bool = False) -> Anatomy:
+    """Draw one patient. The order of draws is fixed (same seed → same patient). ``randomized``:
+    generator version 2's wider ranges (``RANDOMIZED_ANATOMY``)."""
+    def u(lo=0.0, hi=1.0, name=None):
+        if randomized and name is not None:
+            lo, hi = RANDOMIZED_ANATOMY[name]
+        return rng.uniform(lo, hi)
+
+    def axes(v1, name):
+        return tuple(u(lo, hi) for lo, hi in (RANDOMIZED_ANATOMY[name] if randomized else v1))
+
+    a = u(145.0, 185.0, "a")
     b_ant = a * u(0.62, 0.74)
     b_post = a * u(0.58, 0.66)
-    obesity = (a - 145.0) / 40.0
-    t_fat = 8.0 + 18.0 * obesity + u(0.0, 14.0)
+    obesity = (a - 125.0) / 85.0 if randomized else (a - 145.0) / 40.0  # 0 slim … 1 obese
+    t_fat = 8.0 + 18.0 * obesity + u(0.0, 14.0, "fat_extra")
     t_back = t_fat * u(0.4, 0.7)
     t_muscle = u(8.0, 14.0)
     y_spinous_tip = b_post - t_back - 3.0
@@ -225,9 +249,11 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
     # blended smoothly, then warped by a smooth displacement field.
     xr = -a2 * u(0.40, 0.50)
     lobes = (
-        Ellipsoid((xr, u(-10.0, 10.0), u(-10.0, 5.0)), (u(70.0, 85.0), u(70.0, 88.0), u(75.0, 95.0)),
+        Ellipsoid((xr, u(-10.0, 10.0), u(-10.0, 5.0)),
+                  axes(((70.0, 85.0), (70.0, 88.0), (75.0, 95.0)), "right_lobe"),
                   rotation(u(-20, -5), u(-10, 10), u(-10, 10))),
-        Ellipsoid((u(0.0, 30.0), -b2 * u(0.35, 0.5), u(5.0, 25.0)), (u(55.0, 80.0), u(24.0, 36.0), u(35.0, 50.0)),
+        Ellipsoid((u(0.0, 30.0), -b2 * u(0.35, 0.5), u(5.0, 25.0)),
+                  axes(((55.0, 80.0), (24.0, 36.0), (35.0, 50.0)), "left_lobe"),
                   rotation(u(-15, 5), u(-15, 15), u(-25, 5))),
         Ellipsoid((ivc[0] + u(0.0, 10.0), ivc[1] - u(0.0, 8.0), u(0.0, 20.0)),
                   (u(18.0, 26.0), u(15.0, 22.0), u(30.0, 40.0))),
@@ -236,7 +262,11 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
     liver_box_hi = (a2 * 0.8, cavity_b_post + 30.0, dome_z + 30.0)
     warp_step = u(35.0, 50.0)
     warp = tuple(random_field(rng, liver_box_lo, liver_box_hi, warp_step) for _ in range(3))
-    target_ml = 1000.0 * (1.3 + 0.6 * (0.5 * u() + 0.5 * obesity))
+    if randomized:
+        lo, hi = RANDOMIZED_ANATOMY["liver_litres"]
+        target_ml = 1000.0 * (lo + (hi - lo) * (0.7 * u() + 0.3 * obesity))
+    else:
+        target_ml = 1000.0 * (1.3 + 0.6 * (0.5 * u() + 0.5 * obesity))
 
     return Anatomy(
         a=a, b_ant=b_ant, b_post=b_post, q_back=u(2.3, 3.2),
@@ -255,6 +285,6 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
         heart=heart, psoas_top_z=-u(10.0, 40.0), stomach=stomach, stomach_gas_level=u(0.3, 0.75),
         spleen=spleen, spleen_bend=u(0.4, 1.0), kidneys=tuple(kidneys),
         gallbladder=gallbladder if gb_present else None, aorta=aorta, ivc=ivc,
-        liver_lobes=lobes, liver_blend_mm=u(10.0, 18.0), liver_hinge=(xr * 0.6, 0.0, 0.0),
-        liver_warp=warp, liver_warp_mm=u(6.0, 12.0), liver_target_ml=target_ml,
+        liver_lobes=lobes, liver_blend_mm=u(10.0, 18.0, "liver_blend"), liver_hinge=(xr * 0.6, 0.0, 0.0),
+        liver_warp=warp, liver_warp_mm=u(6.0, 12.0, "liver_warp"), liver_target_ml=target_ml,
     )

@@ -31,8 +31,8 @@ def run_make_synthetic(args) -> int:
                         "Choose another --dataset-id.")
     out = make_synthetic_dataset(raw / folder_name, args.cases, seed=args.seed, modality=args.modality,
                                  shape_zyx=tuple(args.shape), progress=not args.no_progress,
-                                 overwrite=args.overwrite)
-    say(f"wrote {out} ({args.cases} {args.modality} cases)")
+                                 overwrite=args.overwrite, randomize=args.randomize)
+    say(f"wrote {out} ({args.cases} {args.modality} cases{', randomised (generator version 2)' if args.randomize else ''})")
     say(f"next: autoliver verify_dataset -d {folder_name}")
     return 0
 
@@ -54,6 +54,10 @@ def register(sub) -> None:
     p.add_argument("--modality", choices=("ct", "dce_mri"), default="ct", help="CT (HU) or 4-phase DCE-MRI")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=[100, 256, 256],
                    help="voxels per case (slices, rows, columns)")
+    p.add_argument("--randomize", action="store_true",
+                   help="generator version 2 (CT): contrast phases, scanners, framing and bodies drawn per case, "
+                        "some with unrealistic contrast, so a model learns real livers (README, 'Phantoms for "
+                        "real scans'); without it, version 1 (one portal-phase look)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id and name")
     add_folder_args(p, "raw")
     add_progress_arg(p)

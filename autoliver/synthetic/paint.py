@@ -104,7 +104,17 @@ def _body(anat: Anatomy, grid: Grid, tissue: np.ndarray) -> None:
     w = grid.window()
     table_y = np.float32(anat.b_post + anat.table_gap) - w.X**2 / np.float32(3000.0)  # a cradle
     table = (w.Y >= table_y) & (w.Y < table_y + 8.0) & (np.abs(w.X) < 210.0)
-    _paint(tissue, w, _along_z(table, w), TABLE)
+    if anat.table:
+        _paint(tissue, w, _along_z(table, w), TABLE)
+    for arm in anat.arms:  # version 2: arms down beside the body (fat, muscle, humerus)
+        r2 = ((w.X - np.float32(arm.x)) / np.float32(arm.rx)) ** 2 + ((w.Y - np.float32(arm.y)) / np.float32(arm.ry)) ** 2
+        inner = ((w.X - np.float32(arm.x)) / np.float32(arm.rx - arm.fat_mm)) ** 2 + \
+            ((w.Y - np.float32(arm.y)) / np.float32(arm.ry - arm.fat_mm)) ** 2
+        bone2 = ((w.X - np.float32(arm.x)) ** 2 + (w.Y - np.float32(arm.y)) ** 2) / np.float32(arm.humerus_r ** 2)
+        _paint(tissue, w, _along_z(r2 < 1.0, w), FAT)
+        _paint(tissue, w, _along_z(inner < 1.0, w), MUSCLE)
+        _paint(tissue, w, _along_z(bone2 < 1.0, w), BONE_CORTEX)
+        _paint(tissue, w, _along_z(bone2 < 0.55, w), BONE_MARROW)
     _paint(tissue, w, _inside_shell(anat, w, 0.0, anat.b_post), FAT)
     _paint(tissue, w, _inside_shell(anat, w, anat.t_fat, anat.b_post - anat.t_back), MUSCLE)
     cavity = inside_cavity(anat, w)

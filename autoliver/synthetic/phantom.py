@@ -28,6 +28,7 @@ from autoliver.errors import UserError, choose
 from autoliver.io.images import Geometry
 from autoliver.synthetic import appearance
 from autoliver.synthetic import paint
+from autoliver.synthetic import randomize as randomize_
 from autoliver.synthetic import tissues as T
 from autoliver.synthetic.anatomy import Anatomy, Capsule, Tumour, draw_anatomy, rotation
 from autoliver.synthetic.fields import correlate_noise, random_field, smooth3
@@ -57,49 +58,61 @@ class Phantom:
     tissue: np.ndarray
 
 
-def make_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct"):
+def make_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct", randomize: bool = False):
     """``(channels, label, geometry)`` of one random case; see :func:`render_case`."""
-    p = render_case(rng_or_seed, shape_zyx, modality)
+    p = render_case(rng_or_seed, shape_zyx, modality, randomize)
     return p.images, p.label, p.geometry
 
 
-def render_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct") -> Phantom:
+def render_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct", randomize: bool = False) -> Phantom:
     """Draw and render one case. ``rng_or_seed``: a ``numpy.random.Generator`` or an int seed.
 
     The anatomy, liver, tumours and framing are drawn before anything modality-specific, so one
     seed gives the same patient (and the same label) in CT and in DCE-MRI, and the same anatomy
-    in millimetres at any ``shape_zyx``.
+    in millimetres at any ``shape_zyx``. ``randomize``: generator version 2 (CT only; see
+    :mod:`autoliver.synthetic.randomize`).
     """
     modality = choose("modality", modality, MODALITIES)
-    rng, anat, grid, geometry, orientation = _draw(rng_or_seed, shape_zyx)
+    if randomize and modality != "ct":
+        raise UserError("--randomize: only for --modality ct (the DCE-MRI phantoms have no version 2 yet).")
+    rng, anat, grid, geometry, orientation, scan = _draw(rng_or_seed, shape_zyx, randomize)
     tissue = paint.paint(anat, grid, anat.liver_level)
     label = T.label_lut()[tissue]
     if modality == "ct":
-        images, facts = _render_ct(rng, anat, grid, tissue)
+        images, facts = _render_ct(rng, anat, grid, tissue, scan)
     else:
         images, facts = _render_mri(rng, anat, grid, tissue)
 
-    sx, sy = ORIENTATIONS[orientation]
-    flip = (slice(None), slice(None, None, sy), slice(None, None, sx))
+    if randomize:
+        sx, sy, sz = randomize_.ORIENTATIONS[orientation]
+    else:
+        (sx, sy), sz = ORIENTATIONS[orientation], 1
+    flip = (slice(None, None, sz), slice(None, None, sy), slice(None, None, sx))
     images = [np.ascontiguousarray(im[flip]) for im in images]
     label = np.ascontiguousarray(label[flip])
     info = _facts(anat, geometry, label, tissue, orientation, modality) | facts
     return Phantom(images, label, geometry, info, np.ascontiguousarray(tissue[flip]))
 
 
-def case_geometry(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX) -> Geometry:
+def case_geometry(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, randomize: bool = False) -> Geometry:
     """The geometry :func:`render_case` gives this seed and shape, without rendering voxels."""
-    return _draw(rng_or_seed, shape_zyx)[3]
+    return _draw(rng_or_seed, shape_zyx, randomize)[3]
 
 
-def _draw(rng_or_seed, shape_zyx):
+def _draw(rng_or_seed, shape_zyx, randomize: bool = False):
     shape = check_shape(shape_zyx)
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
-    anat = draw_anatomy(rng)
+    anat = draw_anatomy(rng, randomized=randomize)
+    scan = None
+    if randomize:
+        arms, table = randomize_.draw_arms_and_table(rng, anat.a, 0.5 * (anat.b_post - anat.b_ant))
+        anat = dataclasses.replace(anat, arms=arms, table=table)
     anat, coarse, liver_coarse = _calibrate_liver(anat)
     anat = _place_vessels_and_tumours(rng, anat, coarse, liver_coarse)
-    grid, geometry, orientation = _frame(rng, anat, coarse, liver_coarse, shape)
-    return rng, anat, grid, geometry, orientation
+    if randomize:
+        scan = randomize_.draw_scan(rng)
+    grid, geometry, orientation = _frame(rng, anat, coarse, liver_coarse, shape, scan)
+    return rng, anat, grid, geometry, orientation, scan
 
 
 def check_shape(shape_zyx) -> tuple[int, int, int]:
@@ -223,24 +236,42 @@ def _round_to(v: float, step: float) -> float:
     return round(v / step) * step
 
 
-def _frame(rng, anat: Anatomy, coarse: paint.Grid, liver: np.ndarray, shape):
-    """Choose spacing, position and orientation (see the module docstring for the rule)."""
+def _frame(rng, anat: Anatomy, coarse: paint.Grid, liver: np.ndarray, shape, scan=None):
+    """Choose spacing, position and orientation (see the module docstring for the rule; version 2's
+    ``scan`` sets the margin, the orientation and a field cut through the liver)."""
     nz, ny, nx = shape
     orientation = list(ORIENTATIONS)[int(rng.integers(len(ORIENTATIONS)))]
     u_margin, u_x, u_y, u_dz, u_z = rng.uniform(size=5)
     world_offset = rng.uniform((-30.0, -30.0, -400.0), (30.0, 30.0, 100.0))
 
     width = 2.0 * anat.a * 1.04
+    if anat.arms:
+        width = 2.0 * max(abs(arm.x) + arm.rx for arm in anat.arms)
     y_lo, y_hi = -anat.b_ant * 1.05, anat.b_post + anat.table_gap + 14.0
-    fov_x = float(np.clip(width * (1.04 + 0.16 * u_margin), *FOV_XY_MM))
+    margin = (1.04 + 0.16 * u_margin) if scan is None else scan.fov_margin
+    fov_x = float(np.clip(width * margin, *FOV_XY_MM))
     # spacings are multiples of 1/1024 mm and origins of 1/64 mm: exact in NIfTI's float32 header
     s_xy = _ceil_to(max(fov_x / nx, 1.04 * (y_hi - y_lo) / ny), 1.0 / 1024)
     x_centre = (2.0 * u_x - 1.0) * 0.4 * max(nx * s_xy - width, 0.0) / 2.0
     y_centre = 0.5 * (y_lo + y_hi) + (2.0 * u_y - 1.0) * 0.4 * max(ny * s_xy - (y_hi - y_lo), 0.0) / 2.0
+    if scan is not None and scan.tight:  # a field narrower than the body, drawn towards the liver
+        s_xy = _ceil_to(max(2.0 * anat.a * scan.tight, randomize_.FRAMING["tight_min_mm"]) / nx, 1.0 / 1024)
+        zi, yi, xi = np.nonzero(liver)
+        x_centre = scan.tight_pull * float(coarse.x[xi].mean())
+        y_centre = (1.0 - scan.tight_pull) * y_centre + scan.tight_pull * float(coarse.y[yi].mean())
 
     zs = coarse.z[np.nonzero(liver.any(axis=(1, 2)))[0]]
     need_lo = float(zs.min()) - CALIBRATION_MM - Z_MARGIN_MM
     need_hi = float(zs.max()) + CALIBRATION_MM + Z_MARGIN_MM
+    if scan is not None:
+        need_lo, need_hi = need_lo - scan.below_mm, need_hi + scan.above_mm
+    if scan is not None and scan.liver_cut:  # the field ends inside the liver
+        height = float(zs.max() - zs.min())
+        if scan.liver_cut > 0:
+            need_hi = float(zs.max()) - scan.liver_cut * height
+        else:
+            need_lo = float(zs.min()) - scan.liver_cut * height
+        u_z = 1.0 if scan.liver_cut > 0 else 0.0  # the field's edge on the cut side
     extent = need_hi - need_lo
     s_lo = max(SLICE_SPACING_MM[0], extent / nz)
     s_z = _ceil_to(s_lo + u_dz * (max(SLICE_SPACING_MM[1], s_lo) - s_lo), 1.0 / 1024)
@@ -256,14 +287,18 @@ def _frame(rng, anat: Anatomy, coarse: paint.Grid, liver: np.ndarray, shape):
     z = axis(z_first, nz, s_z, is_centre=False)
     grid = paint.Grid(x.astype(np.float32), y.astype(np.float32), z.astype(np.float32))
 
-    sx, sy = ORIENTATIONS[orientation]
+    if scan is not None:
+        orientation = scan.orientation
+        sx, sy, sz = randomize_.ORIENTATIONS[orientation]
+    else:
+        (sx, sy), sz = ORIENTATIONS[orientation], 1
     offset = [_round_to(v, 1.0 / 64) for v in world_offset]
     origin = (
         float((x[0] if sx > 0 else x[-1]) + offset[0]),
         float((y[0] if sy > 0 else y[-1]) + offset[1]),
-        float(z[0] + offset[2]),
+        float((z[0] if sz > 0 else z[-1]) + offset[2]),
     )
-    direction = (float(sx), 0.0, 0.0, 0.0, float(sy), 0.0, 0.0, 0.0, 1.0)
+    direction = (float(sx), 0.0, 0.0, 0.0, float(sy), 0.0, 0.0, 0.0, float(sz))
     geometry = Geometry(spacing=(s_xy, s_xy, s_z), origin=origin, direction=direction, shape_zyx=(nz, ny, nx))
     return grid, geometry, orientation
 
@@ -291,18 +326,27 @@ def _liver_texture(rng, anat: Anatomy, grid: paint.Grid, tissue: np.ndarray):
     return w, texture, in_liver
 
 
-def _render_ct(rng, anat, grid, tissue):
-    lut = appearance.draw_ct_lut(rng, anat.tumours)
-    texture_hu = rng.uniform(2.0, 5.0)
-    sigma = rng.uniform(*CT_NOISE_SIGMA_HU)
-    white_fraction = rng.uniform(0.3, 0.7)
-    corr_sigma_vox = rng.uniform(0.7, 1.4)
+def _render_ct(rng, anat, grid, tissue, scan=None):
+    if scan is None:
+        lut = appearance.draw_ct_lut(rng, anat.tumours)
+        texture_hu = rng.uniform(2.0, 5.0)
+        sigma = rng.uniform(*CT_NOISE_SIGMA_HU)
+        white_fraction = rng.uniform(0.3, 0.7)
+        corr_sigma_vox = rng.uniform(0.7, 1.4)
+    else:
+        v = scan.values
+        lut = randomize_.ct_lut(rng, scan, anat.tumours)
+        texture_hu, sigma = v["liver_texture_hu"], v["noise_sigma_hu"]
+        white_fraction, corr_sigma_vox = v["noise_white_fraction"], v["noise_correlation_vox"]
     image = lut[tissue]
     tex = _liver_texture(rng, anat, grid, tissue)
     if tex is not None:
         w, texture, in_liver = tex
         image[w.slices] += np.where(in_liver, np.float32(texture_hu) * texture, np.float32(0))
-    _blur(image)
+    if scan is None:
+        _blur(image)
+    else:
+        _scanner(rng, scan, grid, tissue, image)
     # Noise = white part + its blurred copy (one draw; the mix has CT's mid-frequency texture),
     # rescaled to standard deviation sigma.
     white = rng.standard_normal(image.shape, dtype=np.float32)
@@ -312,9 +356,45 @@ def _render_ct(rng, anat, grid, tissue):
     noise += white
     noise *= np.float32(sigma / float(noise.std(dtype=np.float64)))
     image += noise
+    if scan is not None:
+        image *= np.float32(scan.values["hu_gain"])
+        image += np.float32(scan.values["hu_offset"])
     out = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
     facts = {"liver_hu": float(lut[T.LIVER]), "spleen_hu": float(lut[T.SPLEEN]), "noise_sigma_hu": float(sigma)}
+    if scan is not None:
+        facts |= {"generator_version": randomize_.VERSION, "phase": scan.phase, "unrealistic_contrast": scan.wild,
+                  "fatty_liver_hu": round(scan.steatosis_hu, 2), "oral_contrast": scan.oral_contrast,
+                  "liver_cut": round(scan.liver_cut, 3), "arms": len(anat.arms) > 0, "table": anat.table,
+                  "sharpen": round(scan.sharpen, 3),
+                  "scanner": {k: round(float(val), 3) for k, val in scan.values.items()},
+                  "tissue_hu": {T.NAMES[t]: round(float(lut[t]), 2) for t in range(len(T.NAMES))}}
     return [out], facts
+
+
+def _scanner(rng, scan, grid: paint.Grid, tissue: np.ndarray, image: np.ndarray) -> None:
+    """Version 2's scanner, before noise: cupping, streaks through bone, partial-volume blur and
+    the reconstruction kernel (in place)."""
+    v = scan.values
+    if v["cupping_hu"]:
+        r2 = (grid.x[None, None, :] / 200.0) ** 2 + (grid.y[None, :, None] / 200.0) ** 2  # centre of the field
+        image += np.float32(v["cupping_hu"]) * np.exp(-r2).astype(np.float32)
+    bone = np.isin(tissue, (T.BONE_CORTEX, T.RIB))
+    points = np.argwhere(bone[:, ::4, ::4]) if v["streaks"] else np.zeros((0, 3), int)
+    for _ in range(v["streaks"] if len(points) else 0):
+        zi, yi, xi = points[int(rng.integers(len(points)))]
+        y0, x0 = grid.y[4 * yi], grid.x[4 * xi]
+        angle = rng.uniform(0.0, np.pi)
+        amp = np.float32(rng.uniform(*randomize_.SCANNER["streak_hu"]) * rng.choice((-1.0, 1.0)))
+        width = rng.uniform(*randomize_.SCANNER["streak_width_mm"])
+        half = int(rng.integers(2, 12))  # slices either side of the bone's slice
+        dist = (grid.x[None, :] - x0) * np.sin(angle) - (grid.y[:, None] - y0) * np.cos(angle)
+        streak = amp * np.exp(-0.5 * (dist / width) ** 2).astype(np.float32)
+        image[max(0, zi - half):zi + half + 1] += streak[None]
+    for axis, sigma in ((0, v["blur_z_vox"]), (1, v["blur_xy_vox"]), (2, v["blur_xy_vox"])):
+        image[...] = ndimage.gaussian_filter1d(image, sigma, axis=axis, mode="nearest")
+    if scan.sharpen:  # a sharp kernel: unsharp masking (overshoot at edges)
+        soft = ndimage.gaussian_filter(image, (0.0, 1.0, 1.0), mode="nearest")
+        image += np.float32(scan.sharpen) * (image - soft)
 
 
 def _render_mri(rng, anat, grid, tissue):
