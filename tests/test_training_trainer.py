@@ -190,6 +190,20 @@ def test_convlstm_configuration_trains_on_the_phases(autoliver_dirs):
     assert json.loads((fold / "validation" / "summary.json").read_text())["cases"] == 1
 
 
+def test_train_from_pretrained_weights(dataset, capsys):
+    plan, pre, results = dataset
+    run(plan, pre, results, "3d_fullres", fold="all", epochs=1, iters=1, validate=False)
+    source = results / "3d_fullres" / "fold_all"
+    assert main(["train", "3d_fullres", "1", "--device", "cpu", "--epochs", "1", "--iters", "1", "-np", "0",
+                 "--no-validation", "--no-progress", "-pretrained_weights", str(source)]) == 0
+    assert f"pretrained weights from {source / 'checkpoint_final.pt'}: " in capsys.readouterr().err
+    state = torch.load(results / "3d_fullres" / "fold_1" / "checkpoint_final.pt", weights_only=True)
+    assert state["pretrained"] == str(source)
+    # a wrong source fails before any work, in one line
+    assert main(["train", "3d_fullres", "2", "--epochs", "1", "--pretrained", str(results / "nothing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_clear_line(dataset, autoliver_dirs, capsys):
     assert main(["train", "3d_fulres", "0"]) == 2
     assert "Did you mean '3d_fullres'" in capsys.readouterr().err

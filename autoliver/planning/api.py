@@ -50,3 +50,39 @@ def plan_dataset(dataset_name: str, preprocessed_dir: Path, preset: str | None =
     plan = plan_experiment(fingerprint, chosen, budget)
     write_plan(Path(preprocessed_dir) / dataset_name / PLANS_FILE, plan)
     return plan
+
+
+def plan_like(dataset_name: str, preprocessed_dir: Path, source: str | Path, *,
+              raw_dir: str | Path | None = None) -> Plan:
+    """Plan ``dataset_name`` with another model's configurations (nnU-Net's move of plans between
+    datasets): same spacings, patches, networks and normalisation, so ``train --pretrained`` can
+    start from that model's weights. Labels and channels come from this dataset's dataset.json; the
+    networks' output layers follow its labels. ``source``: a plans.json or a model folder with one."""
+    import dataclasses
+
+    from autoliver.datasets.dataset import parse_dataset_json
+    from autoliver.planning.plan import read_plan
+
+    src = Path(source).expanduser()
+    candidates = [src] if src.is_file() else [src / PLANS_FILE, src.parent / PLANS_FILE]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise UserError(f"--plans-from {source}: no plans.json there (give a plans.json, or a trained model "
+                        "folder, which holds its plan).")
+    base = read_plan(found)
+    info = parse_dataset_json(paths.root("raw", raw_dir) / dataset_name)
+    if len(info.channel_names) != len(base.channel_names) or info.modality != base.modality:
+        raise UserError(f"--plans-from {found}: planned for {len(base.channel_names)} {base.modality} channel(s) "
+                        f"{list(base.channel_names)}; {dataset_name} has {list(info.channel_names)}. Its networks "
+                        "cannot read this dataset's images.")
+    classes = len(info.labels)
+    configs = {name: dataclasses.replace(c, network=dataclasses.replace(c.network, num_classes=classes))
+               for name, c in base.configurations.items()}
+    reasons = {**base.reasons, "plans_from": (
+        f"configurations copied from {found} (dataset {base.dataset_name}: spacing, patch, network and "
+        "normalisation), so that train --pretrained can start from its weights; plan without --plans-from "
+        "for a plan fitted to this dataset")}
+    plan = dataclasses.replace(base, dataset_name=dataset_name, channel_names=tuple(info.channel_names),
+                               labels=dict(info.labels), configurations=configs, reasons=reasons)
+    write_plan(Path(preprocessed_dir) / dataset_name / PLANS_FILE, plan)
+    return plan

@@ -13,9 +13,14 @@ def run_plan(args) -> int:
     pre = paths.root("preprocessed", args.preprocessed_dir)
     raw = paths.root("raw", args.raw_dir)
     name = paths.resolve_dataset(args.dataset, raw, pre)
-    plan = plan_dataset(name, pre, args.preset, args.gpu_memory_gb, raw_dir=args.raw_dir,
-                        num_processes=args.num_processes, device="cpu" if args.cpu else None,
-                        recalibrate=args.recalibrate)
+    if args.plans_from:
+        from autoliver.planning.api import plan_like
+
+        plan = plan_like(name, pre, args.plans_from, raw_dir=args.raw_dir)
+    else:
+        plan = plan_dataset(name, pre, args.preset, args.gpu_memory_gb, raw_dir=args.raw_dir,
+                            num_processes=args.num_processes, device="cpu" if args.cpu else None,
+                            recalibrate=args.recalibrate)
     print(plan_table(plan, reasons=not args.brief))
     say(f"wrote {pre / name / PLANS_FILE}")
     return 0
@@ -34,6 +39,9 @@ def register(sub) -> None:
     p.add_argument("--cpu", action="store_true", help="plan for this machine's CPU even if a GPU is present")
     p.add_argument("--recalibrate", action="store_true",
                    help="measure this CPU's speed again (it is cached; run on an idle machine)")
+    p.add_argument("--plans-from", default=None, metavar="MODEL",
+                   help="use another model's configurations (its plans.json, or its model folder) instead of "
+                        "planning, so that train --pretrained MODEL can fine-tune it on this dataset")
     p.add_argument("--brief", action="store_true", help="print the table without the reasons")
     add_workers_arg(p)
     add_progress_arg(p)

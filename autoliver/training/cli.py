@@ -60,6 +60,10 @@ def register(subparsers) -> None:
     p.set_defaults(validate=True)  # before the flag, so --help does not call "skip" a default
     p.add_argument("--no-validation", dest="validate", action="store_false", default=argparse.SUPPRESS,
                    help="skip the full-case validation at the end")
+    p.add_argument("--pretrained", "-pretrained_weights", dest="pretrained", default=None, metavar="SOURCE",
+                   help="start from another model's weights: a checkpoint file, a model or fold folder, or 'builtin' "
+                        "(the shipped starter model); tensors whose name and shape match are copied, the rest "
+                        "start fresh (reported)")
     p.add_argument("-tr", dest="nnunet_trainer", default=None, metavar="TRAINER",
                    help="nnU-Net's trainer name: nnUNetTrainer (the default recipe) or nnUNetTrainer_<N>epochs "
                         "(--epochs N); use --recipe for autoliver's other recipes")
@@ -101,7 +105,7 @@ def _relaunch_argv(args) -> list[str]:
     for flag, value in (("-d", args.dataset), ("--preprocessed-dir", args.preprocessed_dir),
                         ("--results-dir", args.results_dir), ("--device", args.device), ("--precision", args.precision),
                         ("--epochs", args.epochs), ("--minutes", args.minutes),
-                        ("--iters", args.iters), ("-np", args.num_processes)):
+                        ("--iters", args.iters), ("-np", args.num_processes), ("--pretrained", args.pretrained)):
         if value is not None:
             argv += [flag, str(value)]
     for flag, on in (("--c", args.resume), ("--val", args.validation_only), ("--npz", args.save_probabilities),
@@ -134,6 +138,10 @@ def run_train(args) -> int:
         raise UserError(f"{dataset} {config.name}: not preprocessed ({data_folder} has no cases). "
                         f"Run `autoliver preprocess -d {dataset} -c {config.name}`.")
     recipe = get_recipe(args.recipe or config.recipe or "default")
+    if args.pretrained:  # a wrong path fails now, not after the data is loaded
+        from autoliver.training.pretrained import resolve_source
+
+        resolve_source(args.pretrained)
     if args.epochs is not None and args.epochs < 1 or args.iters is not None and args.iters < 1:
         raise UserError(f"--epochs and --iters must be >= 1, got {args.epochs} and {args.iters}")
     if args.num_processes is not None and args.num_processes < 0:
@@ -145,5 +153,6 @@ def run_train(args) -> int:
                       preprocessed_dir=preprocessed / dataset, results_dir=results / dataset, device=args.device,
                       epochs=args.epochs, minutes=args.minutes, iterations_per_epoch=args.iters, resume=args.resume,
                       num_workers=args.num_processes, validate=args.validate, validation_only=args.validation_only,
-                      save_probabilities=args.save_probabilities, precision=args.precision))
+                      save_probabilities=args.save_probabilities, precision=args.precision,
+                      pretrained=args.pretrained))
     return 0

@@ -66,6 +66,7 @@ class TrainingRun:
     save_probabilities: bool = False
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (see autocast_dtype)
     minutes: float | None = None  # time budget instead of a number of epochs (see epochs_for_budget)
+    pretrained: str | None = None  # start from these weights (autoliver.training.pretrained); None: from scratch
 
 
 def model_folder(results_dir: Path, configuration: str, recipe_name: str, plan_recipe: str = "") -> Path:
@@ -268,6 +269,12 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
                 scaler.load_state_dict(state["grad_scaler"])
             set_rng_state(state["rng"])
         ema, best = state.get("ema_pseudo_dice"), state.get("best_ema_pseudo_dice")
+    elif run.pretrained:
+        from autoliver.training.pretrained import load_pretrained
+
+        transfer = load_pretrained(network, run.pretrained)
+        if ctx.is_main:
+            progress.say(transfer.describe())
     model = network
     if ctx.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -281,6 +288,7 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
                 "recipe": recipe_to_dict(recipe), "fold": str(run.fold), "epoch": epoch_done, "epochs": epochs,
                 "iterations_per_epoch": iterations, "rng": rng_state(), "ema_pseudo_dice": ema,
                 "best_ema_pseudo_dice": best, "autoliver_version": __version__, "world_size": ctx.world_size,
+                "pretrained": str(run.pretrained or (state or {}).get("pretrained") or ""),
                 "precision": str(amp_dtype or torch.float32).replace("torch.", "")}
 
     # ---- data ---------------------------------------------------------------------------------
