@@ -20,7 +20,9 @@ Rows (``AUTOLIVER_BENCH_ROWS``, comma-separated, default all of them):
 * ``nnunet_autoliver_plan``: nnU-Net v2's trainer on the network of autoliver's cpu ``3d_fullres``.
 
 The nnU-Net rows need ``AUTOLIVER_NNUNET_PYTHON``, a Python with nnU-Net v2 (see ANCHORS.md), and
-skip without it. ``AUTOLIVER_BENCH_MINUTES`` (default 30) is each row's training budget, all of its
+skip without it; ``AUTOLIVER_BENCH_NNUNET_STEP`` (default 0.5) is their sliding-window step (1.0
+makes nnU-Net's default plan predict in minutes per case on 2 cores instead of a quarter hour, at
+some cost to its accuracy, and the row says so). ``AUTOLIVER_BENCH_MINUTES`` (default 30) is each row's training budget, all of its
 stages together; ``AUTOLIVER_BENCH_DIR`` keeps the data, models and ``accuracy.json`` (the rows)
 between runs. Run on an idle machine, alone:
 
@@ -51,6 +53,7 @@ ROI = os.environ.get("AUTOLIVER_BENCH_ROI", "2d_liver_roi")
 ROWS = [r.strip() for r in os.environ.get("AUTOLIVER_BENCH_ROWS", "cascade,before,nnunet_default,"
                                                                    "nnunet_autoliver_plan").split(",") if r.strip()]
 NNUNET_PYTHON = os.environ.get("AUTOLIVER_NNUNET_PYTHON")
+NNUNET_STEP = float(os.environ.get("AUTOLIVER_BENCH_NNUNET_STEP", "0.5"))
 ITERS = 50  # iterations per epoch: a checkpoint about every minute on a CPU
 SIZE_BINS = (("< 10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), ("> 20 mm", 20.0, float("inf")))
 TARGETS = {"tumour_dice_global": 0.60, "recall_10mm_and_up": 0.80, "recall_under_10mm": 0.50, "liver_dice": 0.93}
@@ -218,9 +221,9 @@ def nnunet_row(root: Path, variant: str) -> dict:
         kwargs = {"autoliver_plans": root / "preprocessed" / DATASET / "plans.json",
                   "autoliver_configuration": "3d_fullres"}
     info = nnunet_predictions(NNUNET_PYTHON, raw, root / "nnunet" / variant, variant, MINUTES, pred,
-                              mirror=False, step_size=0.5, **kwargs)
+                              mirror=False, step_size=NNUNET_STEP, **kwargs)
     return {"what": f"nnU-Net v2 {variant.replace('_', ' ')}: {info.get('plan', '')}, {info['epochs']} epochs × "
-                    f"{info['iterations_per_epoch']} iterations",
+                    f"{info['iterations_per_epoch']} iterations, sliding-window step {NNUNET_STEP}",
             "train_minutes": info["train_seconds"] / 60, **score(root, pred)}
 
 
