@@ -12,6 +12,8 @@ Rows (``AUTOLIVER_TRANSFER_ROWS``, comma-separated, default all):
 
 * ``demo_v1``: the demo's model as it is: generator version 1 (portal-phase phantoms);
 * ``demo_v2``: the same settings on generator version 2 (``make_synthetic --randomize``);
+* ``demo_v2_3d``: the same with ``3d_fullres`` instead of the configuration the demo picks (``2d``
+  on these phantoms), for the 3D context that tells a liver from bowel and bladder;
 * ``finetune``: leave-one-out over the real CTs: train on the other two for
   ``AUTOLIVER_FINETUNE_MINUTES`` (default 5), from scratch (their own CPU plan) or fine-tuned from
   the ``demo_v2`` model (``plan --plans-from`` and ``train --pretrained``), and score the third.
@@ -22,6 +24,9 @@ Budget: ``AUTOLIVER_TRANSFER_MINUTES`` (default 9, the demo's) of training on 2 
 Run on an idle machine, alone:
 
     python -m pytest benchmarks/bench_transfer.py --benchmark-only -s
+
+``test_largest_liver_component`` scores every trained row's real-CT predictions again with only
+the largest liver component kept (seconds; run it after the rows).
 
 Targets (the phantom-to-real issue's): liver Dice ≥ 0.90 on the manual real CT, ≥ 0.85 on each
 machine-labelled one, ≥ 0.90 on held-out phantoms; ``test_targets`` checks the best row.
@@ -34,6 +39,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -49,7 +55,7 @@ REAL = {  # case → (image, label, who labelled it)
 MINUTES = float(os.environ.get("AUTOLIVER_TRANSFER_MINUTES", "9"))
 CASES = int(os.environ.get("AUTOLIVER_TRANSFER_CASES", "24"))
 SHAPE = os.environ.get("AUTOLIVER_TRANSFER_SHAPE", "64 128 128").split()
-ROWS = {"demo_v1": [], "demo_v2": ["--randomize"]}
+ROWS = {"demo_v1": [], "demo_v2": ["--randomize"], "demo_v2_3d": ["--randomize", "--configuration", "3d_fullres"]}
 WANTED = [r.strip() for r in os.environ.get("AUTOLIVER_TRANSFER_ROWS", ",".join(ROWS)).split(",") if r.strip()]
 PHANTOM_SEED, PHANTOMS = 4242, 5
 TARGETS = {"manual": 0.90, "machine": 0.85, "phantoms_v1": 0.90}
@@ -114,7 +120,8 @@ def transfer_row(root: Path, name: str) -> dict:
     v1 = evaluate(root, phantoms / "labelsTr", work / "phantom_predictions")
     own = json.loads((work / "evaluation" / "summary.json").read_text())
     return {
-        "generator": "version 2 (--randomize)" if ROWS[name] else "version 1",
+        "generator": ("version 2 (--randomize)" if "--randomize" in ROWS[name] else "version 1")
+                     + (f", {' '.join(ROWS[name][1:])}" if len(ROWS[name]) > 1 else ""),
         "train_minutes": sum(m.get("epoch_seconds", 0.0) for m in metrics) / 60,
         "epochs": len(metrics),
         "real": real["per_case"],
@@ -156,6 +163,31 @@ def test_transfer(benchmark, root, name):
     benchmark.extra_info.update({k: v for k, v in rows[-1].items() if isinstance(v, (int, float, str))})
 
 
+def test_largest_liver_component(root):
+    """Each trained row's real-CT predictions with only the largest liver component kept (the
+    post-processing find_best_configuration would try first), scored again."""
+    from autoliver.io.images import read_image, write_like
+    from autoliver.postprocessing.steps import keep_largest_liver
+
+    path = root / "transfer.json"
+    rows = json.loads(path.read_text()) if path.is_file() else {}
+    if not rows:
+        pytest.skip("no rows in transfer.json yet")
+    _, labels = real_cases(root)
+    for name, row in rows.items():
+        src, dst = root / name / "real_predictions", root / name / "real_predictions_largest"
+        dst.mkdir(exist_ok=True)
+        for case in REAL:
+            image = read_image(src / f"{case}.nii.gz")
+            write_like(dst / f"{case}.nii.gz", keep_largest_liver(image.array.astype(np.uint8)), image)
+        row["real_largest"] = evaluate(root, labels, dst)["per_case"]
+    path.write_text(json.dumps(rows, indent=2))
+    print("\n| row | " + " | ".join(f"{c} Dice / ASSD / HD95 mm, largest component" for c in REAL) + " |")
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(
+            "{dice:.3f} / {assd_mm:.1f} / {hd95_mm:.1f}".format(**row["real_largest"][c]) for c in REAL) + " |")
+
+
 FINETUNE_MINUTES = float(os.environ.get("AUTOLIVER_FINETUNE_MINUTES", "5"))
 FINETUNE_SOURCE = os.environ.get("AUTOLIVER_FINETUNE_SOURCE", "demo_v2")
 
@@ -179,13 +211,22 @@ def loo_dataset(vroot: Path, held_out: str) -> Path:
     return folder
 
 
+def trained_model(root: Path) -> Path:
+    """The configuration folder the source row's demo trained (the demo picks it)."""
+    models = root / FINETUNE_SOURCE / "results" / DEMO_DATASET
+    found = sorted(d for d in models.glob("*") if (d / "fold_all" / "checkpoint_final.pt").is_file())
+    if not found:
+        pytest.skip(f"needs the {FINETUNE_SOURCE} row's model under {models}")
+    return found[0]
+
+
 def finetune_fold(root: Path, held_out: str, variant: str) -> dict:
     """Train on the other real CTs for FINETUNE_MINUTES, from scratch (their own CPU plan) or from
     the phantom model (its plan and weights); score the held-out CT."""
     vroot = root / "finetune" / f"{variant}_{held_out}"
     raw = loo_dataset(vroot, held_out)
-    source = root / FINETUNE_SOURCE / "results" / DEMO_DATASET / "3d_fullres"
-    configuration = "3d_fullres"
+    source = trained_model(root)
+    configuration = source.name
     if variant == "finetuned":
         run_autoliver(vroot, "plan", "-d", raw.name, "--plans-from", str(source))
         run_autoliver(vroot, "preprocess", "-d", raw.name, "-c", configuration)
@@ -210,8 +251,7 @@ def test_finetune_leave_one_out(benchmark, root):
     """Fine-tuned from the phantom model against from scratch, same minutes, each real CT held out once."""
     if "finetune" not in WANTED:
         pytest.skip("add 'finetune' to AUTOLIVER_TRANSFER_ROWS (needs the demo_v2 row's model)")
-    if not (root / FINETUNE_SOURCE / "results" / DEMO_DATASET / "3d_fullres").is_dir():
-        pytest.skip(f"needs the {FINETUNE_SOURCE} row's model under {root}")
+    trained_model(root)
     results: dict = {}
 
     def run_all():
