@@ -35,7 +35,7 @@ class Transfer:
 
     def describe(self) -> str:
         text = (f"pretrained weights from {self.source}: {len(self.copied)} tensors copied "
-                f"({self.shared_fraction:.0%} of the parameters)")
+                f"({self.shared_fraction:.1%} of the parameters)")
         if self.skipped:
             text += "; kept fresh: " + "; ".join(self.skipped[:6]) + (" …" if len(self.skipped) > 6 else "")
         return text
