@@ -18,7 +18,6 @@ from autoliver import progress
 from autoliver.datasets.dataset import DatasetInfo
 from autoliver.errors import UserError
 from autoliver.fingerprint import stats
-from autoliver.io import orientation
 from autoliver.fingerprint.fingerprint import (
     SCHEMA_VERSION,
     CaseFingerprint,
@@ -26,6 +25,7 @@ from autoliver.fingerprint.fingerprint import (
     read_fingerprint,
     write_fingerprint,
 )
+from autoliver.io import orientation
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Foreground intensity samples kept over the whole dataset (split evenly across cases): enough for
@@ -99,11 +99,12 @@ def fingerprint_case(info: DatasetInfo, case: str, num_samples: int) -> tuple[Ca
     # file's order); the statistics above and the labels' are the same in any order.
     orient = orientation.canonical_axes(geometry.direction)
     liver_box = labelled_box(seg)
+    body_box = orientation.canonical_box(box, seg.shape, orient)
     summary = CaseFingerprint(
         case=case, shape_zyx=tuple(int(s) for s in orientation.canonical_zyx(seg.shape, orient)),
         spacing_zyx_mm=orientation.canonical_zyx(spacing, orient),
-        orientation=geometry.orientation(), crop_bbox_zyx=orientation.canonical_box(box, seg.shape, orient),
-        shape_after_crop_zyx=tuple(int(b - a) for a, b in orientation.canonical_box(box, seg.shape, orient)),
+        orientation=geometry.orientation(), crop_bbox_zyx=body_box,
+        shape_after_crop_zyx=tuple(int(b - a) for a, b in body_box),
         labels=stats.label_stats(seg, spacing, info.labels),
         intensity=tuple(stats.intensity_stats(samples[c]) for c in range(samples.shape[0])),
         noise_sigma=tuple(noise), liver_mean=tuple(liver_mean),

@@ -120,14 +120,12 @@ def mean_slabs(stages: list[tuple[object, dict, object]]) -> Iterator[tuple[int,
         yield z0, z1, total
 
 
-def _orientation(stages: list[tuple[object, dict, object]]) -> dict | None:
-    """The voxel order all stages' grids share (their properties' "orientation")."""
-    orients = [props.get("orientation") for _, props, _ in stages]
-    for o in orients[1:]:
-        if orientation.is_identity(o) != orientation.is_identity(orients[0]) or \
-                (o is not None and orients[0] is not None and o != orients[0]):
-            raise ValueError(f"original grid: stages disagree on the voxel order ({o} vs {orients[0]}); "
-                             "ensemble models planned alike")
+def _orientation(stages: list[tuple[object, dict, object]]) -> dict:
+    """The voxel order all stages' grids share (their properties' "orientation"; none: the file's)."""
+    orients = [props.get("orientation") or orientation.IDENTITY for _, props, _ in stages]
+    if any(o != orients[0] for o in orients[1:]):
+        raise ValueError(f"original grid: stages disagree on the voxel order ({orients}); ensemble models "
+                         "planned alike")
     return orients[0]
 
 
@@ -159,5 +157,4 @@ def probabilities_on_original_grid(stages: list[tuple[object, dict, object]], dt
     out = np.empty((first.probabilities.shape[0], *first.full_shape), dtype=dtype)
     for z0, z1, p in mean_slabs(stages):
         out[:, z0:z1] = p.numpy()
-    orient = _orientation(stages)
-    return out if orientation.is_identity(orient) else np.ascontiguousarray(orientation.from_canonical(out, orient))
+    return np.ascontiguousarray(orientation.from_canonical(out, _orientation(stages)))
