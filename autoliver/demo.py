@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoliver.cli import add_command, add_progress_arg
+from autoliver.synthetic.cli import add_randomize_arg
 
 DATASET = "Dataset900_LiverDemo"
 HELDOUT = "Dataset901_LiverDemoHeldout"
@@ -43,7 +44,7 @@ class DemoSettings:
     tta: bool = True
     overwrite: bool = False
     progress: bool = True
-    randomize: bool = False  # generator version 2 (make_synthetic --randomize)
+    randomize: int = 0  # 0: generator version 1; 2 or 3: make_synthetic --randomize VERSION
 
 
 @dataclass
@@ -85,7 +86,8 @@ def _make_data(s: DemoSettings, raw: Path, heldout_root: Path) -> tuple[Path, Pa
         found = json.loads(meta.read_text()).get("synthetic", {}).get("generator_version") if meta.is_file() else None
         if found is not None and found != version:
             raise UserError(f"{folder}: made by generator version {found}, but this demo asks for version {version} "
-                            f"({'with' if s.randomize else 'without'} --randomize). Use another --workdir, or "
+                            f"({f'--randomize {version}' if s.randomize else 'without --randomize'}). "
+                            "Use another --workdir, or "
                             "--overwrite to start this one over.")
     if not (train / "dataset.json").is_file():
         make_synthetic_dataset(train, s.train_cases, seed=s.seed, shape_zyx=s.shape_zyx, progress=s.progress,
@@ -258,9 +260,8 @@ def register(sub) -> None:
     p.add_argument("--min-liver-dice", type=float, default=0.0,
                    help="exit with status 1 when the held-out liver Dice is below this (for CI)")
     p.add_argument("-np", "--num-processes", type=int, default=2, help="worker processes for data steps")
-    p.add_argument("--randomize", action="store_true",
-                   help="train on generator version 2 (make_synthetic --randomize): phantoms that vary like real "
-                        "scans, for a model meant for real CTs")
+    add_randomize_arg(p, "train on generator version VERSION (make_synthetic --randomize; default: the latest, "
+                         "{latest}): phantoms that vary like real scans, for a model meant for real CTs")
     p.add_argument("--overwrite", action="store_true", help="delete the work folder first and start over")
     add_progress_arg(p)
     p.set_defaults(func=run)

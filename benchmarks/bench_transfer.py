@@ -11,9 +11,12 @@ phantoms every other benchmark uses; seed 4242) and the demo's own five held-out
 Rows (``AUTOLIVER_TRANSFER_ROWS``, comma-separated, default all):
 
 * ``demo_v1``: the demo's model as it is: generator version 1 (portal-phase phantoms);
-* ``demo_v2``: the same settings on generator version 2 (``make_synthetic --randomize``);
+* ``demo_v2``: the same settings on generator version 2 (``make_synthetic --randomize 2``);
 * ``demo_v2_3d``: the same with ``3d_fullres`` instead of the configuration the demo picks (``2d``
   on these phantoms), for the 3D context that tells a liver from bowel and bladder;
+* ``demo_v3``: generator version 3 (version 2 with a pelvis and walled bowel loops), the demo's budget;
+* ``demo_v3_long``: version 3 with a larger budget: ``AUTOLIVER_TRANSFER_LONG_MINUTES`` (default 30)
+  minutes on ``AUTOLIVER_TRANSFER_LONG_CASES`` (default 60) phantoms;
 * ``finetune``: leave-one-out over the real CTs: train on the other two for
   ``AUTOLIVER_FINETUNE_MINUTES`` (default 5), from scratch (their own CPU plan) or fine-tuned from
   the ``demo_v2`` model (``plan --plans-from`` and ``train --pretrained``), and score the third.
@@ -55,7 +58,11 @@ REAL = {  # case → (image, label, who labelled it)
 MINUTES = float(os.environ.get("AUTOLIVER_TRANSFER_MINUTES", "9"))
 CASES = int(os.environ.get("AUTOLIVER_TRANSFER_CASES", "24"))
 SHAPE = os.environ.get("AUTOLIVER_TRANSFER_SHAPE", "64 128 128").split()
-ROWS = {"demo_v1": [], "demo_v2": ["--randomize"], "demo_v2_3d": ["--randomize", "--configuration", "3d_fullres"]}
+ROWS = {"demo_v1": [], "demo_v2": ["--randomize", "2"],
+        "demo_v2_3d": ["--randomize", "2", "--configuration", "3d_fullres"], "demo_v3": ["--randomize", "3"], "demo_v3_long": ["--randomize", "3"]}
+# rows with their own budget: (training minutes, phantoms)
+BUDGETS = {"demo_v3_long": (float(os.environ.get("AUTOLIVER_TRANSFER_LONG_MINUTES", "30")),
+                            int(os.environ.get("AUTOLIVER_TRANSFER_LONG_CASES", "60")))}
 WANTED = [r.strip() for r in os.environ.get("AUTOLIVER_TRANSFER_ROWS", ",".join(ROWS)).split(",") if r.strip()]
 PHANTOM_SEED, PHANTOMS = 4242, 5
 TARGETS = {"manual": 0.90, "machine": 0.85, "phantoms_v1": 0.90}
@@ -107,8 +114,9 @@ def predict(root: Path, model: Path, images: Path, out: Path) -> None:
 
 def transfer_row(root: Path, name: str) -> dict:
     work = root / name
-    run_autoliver(root, "demo", "--workdir", str(work), "--train-cases", str(CASES), "--shape", *SHAPE,
-                  "--train-minutes", f"{MINUTES:g}", *ROWS[name])
+    minutes, cases = BUDGETS.get(name, (MINUTES, CASES))
+    run_autoliver(root, "demo", "--workdir", str(work), "--train-cases", str(cases), "--shape", *SHAPE,
+                  "--train-minutes", f"{minutes:g}", *ROWS[name])
     model = work / "results" / DEMO_DATASET
     metrics = [json.loads(line) for p in model.rglob("metrics.jsonl") for line in p.read_text().splitlines()
                if line.strip()]
@@ -119,9 +127,11 @@ def transfer_row(root: Path, name: str) -> dict:
     predict(root, model, phantoms / "imagesTr", work / "phantom_predictions")
     v1 = evaluate(root, phantoms / "labelsTr", work / "phantom_predictions")
     own = json.loads((work / "evaluation" / "summary.json").read_text())
+    args = ROWS[name]
+    version = args[args.index("--randomize") + 1] if "--randomize" in args else "1"
+    rest = [a for a in args if a not in ("--randomize", version)]
     return {
-        "generator": ("version 2 (--randomize)" if "--randomize" in ROWS[name] else "version 1")
-                     + (f", {' '.join(ROWS[name][1:])}" if len(ROWS[name]) > 1 else ""),
+        "generator": f"version {version}" + (f", {' '.join(rest)}" if rest else "") + f", {cases} phantoms",
         "train_minutes": sum(m.get("epoch_seconds", 0.0) for m in metrics) / 60,
         "epochs": len(metrics),
         "real": real["per_case"],

@@ -3,6 +3,10 @@
 ``make_synthetic_dataset`` writes a raw dataset; ``make_case`` renders one case in memory.
 Imported lazily, so that ``autoliver --help`` does not load SciPy.
 """
+# Generator versions of ``make_synthetic --randomize`` (``randomize.py``); version 1 is the default.
+VERSIONS = (2, 3)
+LATEST = 3
+
 _EXPORTS = {
     "make_synthetic_dataset": "autoliver.synthetic.dataset",
     "make_case": "autoliver.synthetic.phantom",

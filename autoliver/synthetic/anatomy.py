@@ -163,6 +163,9 @@ class Anatomy:
     # generator version 2 only (randomize.py): arms beside the body, and whether the table is there
     arms: tuple = ()
     table: bool = True
+    # generator version 3 only: the pelvis (randomize.Pelvis) and the wall of bowel loops (0: solid loops)
+    pelvis: object = None
+    bowel_wall: float = 0.0
 
     def width(self, z):
         return self.a * (1.0 + 0.04 * np.tanh(self.width_curve(z)))

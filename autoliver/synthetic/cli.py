@@ -4,6 +4,14 @@ from __future__ import annotations
 from autoliver.cli import add_command, add_folder_args, add_progress_arg
 
 
+def add_randomize_arg(p, help_text: str) -> None:
+    """``--randomize [VERSION]``: a generator version 2 or 3, the latest when no number follows."""
+    from autoliver.synthetic import LATEST, VERSIONS
+
+    p.add_argument("--randomize", nargs="?", type=int, const=LATEST, default=0, choices=VERSIONS, metavar="VERSION",
+                   help=help_text.format(latest=LATEST))
+
+
 def run_make_synthetic(args) -> int:
     from autoliver import paths
     from autoliver.errors import UserError
@@ -32,7 +40,8 @@ def run_make_synthetic(args) -> int:
     out = make_synthetic_dataset(raw / folder_name, args.cases, seed=args.seed, modality=args.modality,
                                  shape_zyx=tuple(args.shape), progress=not args.no_progress,
                                  overwrite=args.overwrite, randomize=args.randomize)
-    say(f"wrote {out} ({args.cases} {args.modality} cases{', randomised (generator version 2)' if args.randomize else ''})")
+    version = f", randomised (generator version {args.randomize})" if args.randomize else ""
+    say(f"wrote {out} ({args.cases} {args.modality} cases{version})")
     say(f"next: autoliver verify_dataset -d {folder_name}")
     return 0
 
@@ -54,10 +63,10 @@ def register(sub) -> None:
     p.add_argument("--modality", choices=("ct", "dce_mri"), default="ct", help="CT (HU) or 4-phase DCE-MRI")
     p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=[100, 256, 256],
                    help="voxels per case (slices, rows, columns)")
-    p.add_argument("--randomize", action="store_true",
-                   help="generator version 2 (CT): contrast phases, scanners, framing and bodies drawn per case, "
-                        "some with unrealistic contrast, so a model learns real livers (README, 'Phantoms for "
-                        "real scans'); without it, version 1 (one portal-phase look)")
+    add_randomize_arg(p, "generator version VERSION (CT; default: the latest, {latest}): contrast phases, scanners, "
+                         "framing and bodies drawn per case, some with unrealistic contrast, so a model learns real "
+                         "livers; version 3 adds the pelvis (README, 'Phantoms for real scans'); without it, "
+                         "version 1 (one portal-phase look)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that id and name")
     add_folder_args(p, "raw")
     add_progress_arg(p)

@@ -21,9 +21,10 @@ from autoliver.progress import bar
 from autoliver.schema import write_json
 from autoliver.synthetic.appearance import MRI_PHASES
 from autoliver.synthetic.phantom import DEFAULT_SHAPE_ZYX, MODALITIES, check_shape, render_case
+from autoliver.synthetic.randomize import LATEST, version_of
 
 GENERATOR_VERSION = 1  # what make_synthetic writes without --randomize
-RANDOMIZED_VERSION = 2  # with --randomize (autoliver.synthetic.randomize)
+RANDOMIZED_VERSION = LATEST  # with --randomize (autoliver.synthetic.randomize); --randomize 2 for version 2
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
 FILE_ENDING = ".nii.gz"
 
@@ -32,21 +33,23 @@ def case_name(i: int, num_cases: int) -> str:
     return f"phantom_{i:0{max(3, len(str(num_cases - 1)))}d}"
 
 
-def generator_version(randomize: bool) -> int:
-    return RANDOMIZED_VERSION if randomize else GENERATOR_VERSION
+def generator_version(randomize) -> int:
+    """The version ``randomize`` asks for: False → 1, True → the latest, or a version number."""
+    return version_of(randomize)
 
 
-def dataset_json(name: str, num_cases: int, modality: str, seed: int, shape_zyx, randomize: bool = False) -> dict:
-    what = "DCE-MRI" if modality != "ct" else ("CT (randomised contrast phase, scanner and anatomy)" if randomize
+def dataset_json(name: str, num_cases: int, modality: str, seed: int, shape_zyx, randomize=False) -> dict:
+    version = generator_version(randomize)
+    what = "DCE-MRI" if modality != "ct" else ("CT (randomised contrast phase, scanner and anatomy)" if version > 1
                                                else "CT (portal venous phase)")
     d = {
         "name": name,
         "description": f"Synthetic abdominal {what} phantoms made by autoliver make_synthetic (seed {seed}"
-                       f"{', --randomize' if randomize else ''}).",
+                       f"{f', --randomize {version}' if version > 1 else ''}).",
         "labels": dict(LABELS),
         "numTraining": num_cases,
         "file_ending": FILE_ENDING,
-        "synthetic": {"generator_version": generator_version(randomize), "seed": seed, "modality": modality,
+        "synthetic": {"generator_version": version, "seed": seed, "modality": modality,
                       "shape_zyx": list(shape_zyx)},
     }
     if modality == "ct":
@@ -59,16 +62,17 @@ def dataset_json(name: str, num_cases: int, modality: str, seed: int, shape_zyx,
 
 def make_synthetic_dataset(folder: Path, num_cases: int, seed: int = 0, modality: str = "ct",
                            shape_zyx=DEFAULT_SHAPE_ZYX, progress: bool = True, overwrite: bool = False,
-                           randomize: bool = False) -> Path:
+                           randomize=False) -> Path:
     """Generate ``num_cases`` phantoms into the raw dataset ``folder`` (``DatasetNNN_Name``); returns it.
 
-    Same arguments → byte-identical files. ``randomize``: generator version 2 (CT only,
-    :mod:`autoliver.synthetic.randomize`). Raises UserError if ``folder`` exists and ``overwrite``
+    Same arguments → byte-identical files. ``randomize``: a generator version 2 or 3, True for the
+    latest (CT only, :mod:`autoliver.synthetic.randomize`). Raises UserError if ``folder`` exists and ``overwrite``
     is False.
     """
     folder = Path(folder)
     modality = choose("--modality", modality, MODALITIES)
-    if randomize and modality != "ct":
+    version = generator_version(randomize)
+    if version > 1 and modality != "ct":
         raise UserError("--randomize: only for --modality ct (the DCE-MRI phantoms have no version 2 yet).")
     shape = check_shape(shape_zyx)
     if isinstance(num_cases, bool) or not isinstance(num_cases, (int, np.integer)) or num_cases < 1:
@@ -81,7 +85,7 @@ def make_synthetic_dataset(folder: Path, num_cases: int, seed: int = 0, modality
                         "or choose another -d name / --dataset-id.")
 
     partial = folder.with_name(f".{folder.name}.partial")
-    recipe = {"generator_version": generator_version(randomize), "seed": seed, "modality": modality, "shape_zyx": list(shape),
+    recipe = {"generator_version": version, "seed": seed, "modality": modality, "shape_zyx": list(shape),
               "cases": num_cases}
     recipe_file = partial / ".recipe.json"
     if partial.exists() and (not recipe_file.is_file() or json.loads(recipe_file.read_text()) != recipe):
@@ -97,7 +101,7 @@ def make_synthetic_dataset(folder: Path, num_cases: int, seed: int = 0, modality
         if done.is_file():
             continue  # finished by an interrupted earlier run (files are written atomically)
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,)))
-        p = render_case(rng, shape, modality, randomize)
+        p = render_case(rng, shape, modality, version)
         for c in range(channels):
             write_image(partial / "imagesTr" / f"{names[i]}_{c:04d}{FILE_ENDING}", p.images[c], p.geometry)
         write_image(partial / "labelsTr" / f"{names[i]}{FILE_ENDING}", p.label, p.geometry)
@@ -105,7 +109,7 @@ def make_synthetic_dataset(folder: Path, num_cases: int, seed: int = 0, modality
 
     facts = {n: json.loads((partial / ".cases" / f"{n}.json").read_text()) for n in names}
     write_json(partial / "synthetic_cases.json", facts)
-    write_json(partial / "dataset.json", dataset_json(folder.name, num_cases, modality, seed, shape, randomize))
+    write_json(partial / "dataset.json", dataset_json(folder.name, num_cases, modality, seed, shape, version))
     shutil.rmtree(partial / ".cases")
     recipe_file.unlink()
     if folder.exists():

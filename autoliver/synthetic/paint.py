@@ -14,15 +14,15 @@ import numpy as np
 
 from autoliver.synthetic.anatomy import Anatomy, Capsule
 from autoliver.synthetic.tissues import (
-    AORTA, BONE_CORTEX, BONE_MARROW, BOWEL, BOWEL_GAS, CARTILAGE, CSF, DISC, FAT, GALLBLADDER, HEART,
-    HEPATIC_VESSEL, IVC, KIDNEY_CORTEX, KIDNEY_MEDULLA, LIVER, LUNG, MAX_TUMOURS, MUSCLE, NUM_TISSUES,
-    RENAL_SINUS, RIB, SPLEEN, STOMACH_CONTENT, STOMACH_GAS, STOMACH_WALL, TABLE, TUMOUR, TUMOUR_CORE,
+    AORTA, BLADDER, BONE_CORTEX, BONE_MARROW, BOWEL, BOWEL_CONTENT, BOWEL_GAS, CARTILAGE, CSF, DISC, FAT, GALLBLADDER,
+    HEART, HEPATIC_VESSEL, IVC, KIDNEY_CORTEX, KIDNEY_MEDULLA, LIVER, LUNG, MAX_TUMOURS, MUSCLE, NUM_TISSUES,
+    PELVIC_ORGAN, RENAL_SINUS, RIB, SPLEEN, STOMACH_CONTENT, STOMACH_GAS, STOMACH_WALL, TABLE, TUMOUR, TUMOUR_CORE,
     VISCERAL_FAT,
 )
 
 # What the liver may grow over (the stomach and bowel yield to it).
 _LIVER_MAY_REPLACE = np.zeros(NUM_TISSUES, bool)
-_LIVER_MAY_REPLACE[[VISCERAL_FAT, BOWEL, BOWEL_GAS, STOMACH_WALL, STOMACH_CONTENT, STOMACH_GAS]] = True
+_LIVER_MAY_REPLACE[[VISCERAL_FAT, BOWEL, BOWEL_CONTENT, BOWEL_GAS, STOMACH_WALL, STOMACH_CONTENT, STOMACH_GAS]] = True
 _IN_LIVER = np.zeros(NUM_TISSUES, bool)
 _IN_LIVER[[LIVER, HEPATIC_VESSEL]] = True
 
@@ -126,6 +126,8 @@ def _body(anat: Anatomy, grid: Grid, tissue: np.ndarray) -> None:
     g = anat.bowel_field.sample(grid.x, grid.y, grid.z)
     thr = anat.bowel_threshold + np.clip((w.Z - anat.bowel_top_z) / 25.0, 0.0, 4.0)
     _paint(tissue, w, abdomen & (g > thr), BOWEL)
+    if anat.bowel_wall:  # version 3: a wall around fluid, faeces or oral contrast
+        _paint(tissue, w, abdomen & (g > thr + np.float32(anat.bowel_wall)), BOWEL_CONTENT)
     _paint(tissue, w, abdomen & (g > thr + np.float32(anat.bowel_gas_offset)), BOWEL_GAS)
 
 
@@ -257,15 +259,170 @@ def _kidneys(anat, grid, tissue):
 
 def _great_vessels(anat, grid, tissue):
     ax, ay, ar = anat.aorta
-    w = grid.window((ax - ar, ay - ar, -1e4), (ax + ar, ay + ar, 1e4))
+    bottom = -1e4 if anat.pelvis is None else anat.pelvis.bifurcation_z  # version 3: the iliac vessels go on
+    w = grid.window((ax - ar, ay - ar, bottom), (ax + ar, ay + ar, 1e4))
     if w is not None:
         m = (w.X - np.float32(ax)) ** 2 + (w.Y - np.float32(ay)) ** 2 < ar * ar
         _paint(tissue, w, _along_z(m, w), AORTA)
     ix, iy, hw, hd = anat.ivc
-    w = grid.window((ix - hw, iy - hd, -1e4), (ix + hw, iy + hd, anat.dome_z + 10.0))
+    bottom = -1e4 if anat.pelvis is None else anat.pelvis.bifurcation_z - 15.0
+    w = grid.window((ix - hw, iy - hd, bottom), (ix + hw, iy + hd, anat.dome_z + 10.0))
     if w is not None:
         m = ((w.X - np.float32(ix)) / hw) ** 2 + ((w.Y - np.float32(iy)) / hd) ** 2 < 1.0
         _paint(tissue, w, _along_z(m, w), IVC)
+
+
+# -- pelvis (generator version 3) -----------------------------------------------------------------
+
+_SOFT_CONTENTS = np.zeros(NUM_TISSUES, bool)  # what the pelvis's muscles and organs may take over
+_SOFT_CONTENTS[[VISCERAL_FAT, BOWEL, BOWEL_CONTENT, BOWEL_GAS]] = True
+_FAT = np.arange(NUM_TISSUES) == FAT
+_PELVIC_MAY_REPLACE = _SOFT_CONTENTS.copy()
+_PELVIC_MAY_REPLACE[[MUSCLE, FAT]] = True
+
+
+def _sacrum(pv, y_vb: float, r_vb, z):
+    """Centre Y, half-width and half-depth (mm) of the sacrum at heights ``z`` (it tilts backwards
+    and narrows towards the coccyx); half-width 0 outside it."""
+    span = max(pv.sacrum_z - pv.pubis_z - 30.0, 1.0)
+    s = np.clip((pv.sacrum_z - z) / span, 0.0, None)
+    centre = y_vb + 0.35 * (pv.sacrum_z - np.minimum(z, pv.sacrum_z))
+    half_w = np.where(s <= 1.0, (r_vb[0] + 25.0) * (1.0 - 0.65 * np.minimum(s, 1.0)), 0.0)
+    return centre.astype(np.float32), half_w.astype(np.float32), np.float32(r_vb[1])
+
+
+def _bone(tissue, w, inside: np.ndarray, marrow: np.ndarray | None, keep: np.ndarray) -> None:
+    """Cortex where ``inside`` (and ``keep``), marrow where ``marrow``."""
+    _paint(tissue, w, inside & keep, BONE_CORTEX)
+    if marrow is not None:
+        _paint(tissue, w, marrow & keep, BONE_MARROW)
+
+
+def _capsule_bone(anat, grid, tissue, c: Capsule, cortex_mm: float = 3.0) -> None:
+    pad = max(c.r0, c.r1)
+    w = grid.window(np.minimum(c.p0, c.p1) - pad, np.maximum(c.p0, c.p1) + pad)
+    if w is None:
+        return
+    body = _inside_shell(anat, w, 2.0, anat.b_post - 2.0)
+    inner = Capsule(c.p0, c.p1, max(c.r0 - cortex_mm, 0.5), max(c.r1 - cortex_mm, 0.5))
+    _bone(tissue, w, _capsule_mask(c, w), _capsule_mask(inner, w), body)
+
+
+def _capsule_soft(grid, tissue, c: Capsule, value: int, may_replace: np.ndarray) -> None:
+    pad = max(c.r0, c.r1)
+    w = grid.window(np.minimum(c.p0, c.p1) - pad, np.maximum(c.p0, c.p1) + pad)
+    if w is not None:
+        _paint(tissue, w, _capsule_mask(c, w), value, may_replace)
+
+
+def _basin(anat, w: Window):
+    """(basin, yc, half_w, half_d, sacrum) on a window below the iliac crests: the pelvic basin between
+    the iliac wings (an ellipse from the front wall to the sacrum, narrowing to the pubis; nothing
+    below the pelvic floor), its centre Y and half-axes, and the sacrum's (centre Y, half-width,
+    half-depth) per slice."""
+    pv = anat.pelvis
+    z = w.Z[:, 0, 0]
+    t = np.clip((pv.crest_z - z) / (pv.crest_z - pv.pubis_z), 0.0, 1.0).astype(np.float32)[:, None, None]
+    half_w = np.float32(pv.wing_x) * (1.0 - np.float32(1.0 - pv.floor_share) * t)
+    front = -(anat.depth_ant(z) - anat.t_fat - anat.t_muscle).astype(np.float32)[:, None, None]
+    sacrum = _sacrum(pv, anat.y_vb, anat.r_vb, z)
+    sac_y, sac_w, sac_d = sacrum
+    back = np.where(sac_w > 0, sac_y - sac_d, np.float32(anat.y_vb - anat.r_vb[1] - 6.0))[:, None, None]
+    yc, half_d = 0.5 * (front + back), 0.5 * (back - front)
+    basin = ((w.X / half_w) ** 2 + ((w.Y - yc) / half_d) ** 2 < 1.0) & (w.Z > np.float32(pv.pubis_z - 35.0))
+    return basin & (w.Z <= np.float32(pv.crest_z)), yc, half_w, half_d, sacrum
+
+
+def _pelvis(anat, grid, tissue):
+    """The pelvis below the iliac crests: the cavity narrows to the pelvic basin between the iliac
+    wings, the rest becomes muscle (iliacus, gluteal muscles); bones, bladder, prostate or uterus,
+    rectum and iliac vessels in it."""
+    pv = anat.pelvis
+    w = grid.window((-1e4, -1e4, -1e4), (1e4, 1e4, pv.crest_z))
+    if w is None:
+        return
+    z = w.Z[:, 0, 0]
+    basin, yc, half_w, half_d, (sac_y, sac_w, sac_d) = _basin(anat, w)
+    # muscles around the basin (iliacus, gluteal muscles) and fat between them and the body wall
+    g = np.float32(pv.muscle_mm)
+    muscles = (w.X / (half_w + g)) ** 2 + ((w.Y - yc) / (half_d + g)) ** 2 < 1.0
+    cavity = inside_cavity(anat, w) & ~basin
+    _paint(tissue, w, cavity & ~muscles, FAT, _SOFT_CONTENTS)
+    _paint(tissue, w, cavity & (muscles | (w.Z < np.float32(pv.pubis_z - 35.0))), MUSCLE, _SOFT_CONTENTS | _FAT)
+    back = (yc + half_d)[:, 0, 0]
+    front = (yc - half_d)[:, 0, 0]
+
+    # soft organs of the basin (before the bones, which they never replace)
+    def y_at(zz):  # the back of the basin at height zz
+        return float(np.interp(zz, z, back))
+
+    top, bottom = pv.sacrum_z - 30.0, pv.pubis_z - 30.0
+    r = pv.rectum_r
+    rectum = Capsule((0.0, y_at(top) - r - 2.0, top), (0.0, y_at(bottom) - r - 2.0, bottom), r, r)
+    _capsule_soft(grid, tissue, rectum, BOWEL, _PELVIC_MAY_REPLACE)
+    _capsule_soft(grid, tissue, Capsule(rectum.p0, rectum.p1, r - 3.0, r - 3.0), BOWEL_CONTENT, _PELVIC_MAY_REPLACE)
+    organs = np.zeros(NUM_TISSUES, bool)
+    organs[[VISCERAL_FAT, BOWEL, BOWEL_CONTENT, BOWEL_GAS, MUSCLE]] = True
+    if pv.bladder is not None:
+        ell = pv.bladder
+        wb = grid.window(*ell.box())
+        if wb is not None:
+            rb = ell.radius2(wb.X, wb.Y, wb.Z)
+            mask = (rb < 1.0) & _basin(anat, wb)[0]
+            _paint(tissue, wb, mask, MUSCLE, organs)  # the wall …
+            _paint(tissue, wb, mask & (rb < (1.0 - 3.0 / min(ell.axes)) ** 2), BLADDER, organs)  # … and urine
+    ell = pv.pelvic_organ
+    wo = grid.window(*ell.box())
+    if wo is not None:
+        organs[MUSCLE] = False  # not over the bladder's wall
+        _paint(tissue, wo, (ell.radius2(wo.X, wo.Y, wo.Z) < 1.0) & _basin(anat, wo)[0], PELVIC_ORGAN, organs)
+
+    # iliac arteries and veins, from the aortic and caval bifurcations to the groins
+    ax, ay, ar = anat.aorta
+    ix, iy = anat.ivc[0], anat.ivc[1]
+    for side in (-1.0, 1.0):
+        for (x0, y0, z0), rad, value, dy in (((ax, ay, pv.bifurcation_z), pv.iliac_artery_r, AORTA, 0.0),
+                                             ((ix, iy, pv.bifurcation_z - 15.0), pv.iliac_vein_r, IVC, 8.0)):
+            split = (side * (pv.hip_x * 0.55 - dy), pv.hip_y + 10.0 + dy, pv.crest_z - 45.0)
+            groin = (side * (pv.hip_x - 5.0 - dy), pv.hip_y - pv.head_r - 8.0 + dy, pv.hip_z + 5.0)
+            deep = (side * (pv.hip_x * 0.5 - dy), y_at(pv.hip_z + 30.0) - 15.0 + dy, pv.hip_z + 30.0)
+            for c in (Capsule((x0, y0, z0), split, rad, rad), Capsule(split, groin, rad * 0.85, rad * 0.8),
+                      Capsule(split, deep, rad * 0.7, rad * 0.6)):
+                _capsule_soft(grid, tissue, c, value, _PELVIC_MAY_REPLACE)
+
+    # bones: iliac wings (a band just outside the basin, behind its widest point, above the hips) …
+    body = _inside_shell(anat, w, anat.t_fat, anat.b_post - anat.t_back)
+    wing = np.float32(pv.wing_mm)
+    outer = (w.X / (half_w + wing)) ** 2 + ((w.Y - yc) / (half_d + wing)) ** 2 < 1.0
+    mid = (w.X / (half_w + 0.5 * wing)) ** 2 + ((w.Y - yc) / (half_d + 0.5 * wing)) ** 2
+    medial = np.maximum(sac_w - 4.0, np.float32(anat.r_vb[0] + 12.0))[:, None, None]
+    band = outer & ~basin & (w.Y > yc - 0.15 * half_d) & (np.abs(w.X) > medial) & \
+        (w.Z > np.float32(pv.hip_z + 0.6 * pv.head_r))
+    marrow = band & (np.abs(np.sqrt(mid) - 1.0) < np.float32(0.25 * pv.wing_mm) / half_w) if pv.wing_mm > 6.0 else None
+    _bone(tissue, w, band, marrow, body)
+    # … the sacrum …
+    sac = (w.X / np.maximum(sac_w[:, None, None], 1e-3)) ** 2 + ((w.Y - sac_y[:, None, None]) / sac_d) ** 2
+    _bone(tissue, w, (sac < 1.0) & (sac_w[:, None, None] > 0), (sac < 0.6) & (sac_w[:, None, None] > 0), body)
+    # … hips (femoral heads, necks, shafts), acetabula, pubic bones and ischia
+    for side in (-1.0, 1.0):
+        head = (side * pv.hip_x, pv.hip_y, pv.hip_z)
+        hr = pv.head_r
+        wh = grid.window(np.asarray(head) - hr - 12.0, np.asarray(head) + hr + 12.0)
+        if wh is not None:
+            d2 = ((wh.X - np.float32(head[0])) ** 2 + (wh.Y - np.float32(head[1])) ** 2
+                  + (wh.Z - np.float32(head[2])) ** 2)
+            medial = side * wh.X < side * np.float32(head[0]) + np.float32(0.3 * hr)
+            cup = (d2 > (hr + 2.0) ** 2) & (d2 < (hr + 11.0) ** 2) & medial
+            _bone(tissue, wh, cup, cup & (d2 > (hr + 5.0) ** 2) & (d2 < (hr + 8.0) ** 2), np.ones_like(cup))
+            _bone(tissue, wh, d2 < hr * hr, d2 < (hr - 3.0) ** 2, np.ones_like(d2, dtype=bool))
+        trochanter = (side * (pv.hip_x + 45.0), pv.hip_y + 5.0, pv.hip_z - 15.0)
+        symphysis = (side * 4.0, float(np.interp(pv.pubis_z, z, front)) + 12.0, pv.pubis_z)
+        for c in (Capsule(head, trochanter, 15.0, 17.0),
+                  Capsule(trochanter, (side * (pv.hip_x + 30.0), pv.hip_y, pv.hip_z - 400.0), 15.0, 13.0),
+                  Capsule((side * (pv.hip_x - 10.0), pv.hip_y - 12.0, pv.hip_z - 5.0), symphysis, 10.0, 9.0),
+                  Capsule((side * pv.hip_x * 0.95, pv.hip_y + 15.0, pv.hip_z - 10.0),
+                          (side * pv.hip_x * 0.75, pv.hip_y + 40.0, pv.hip_z - 60.0), 13.0, 11.0)):
+            _capsule_bone(anat, grid, tissue, c)
 
 
 # -- skeleton --------------------------------------------------------------------------------------
@@ -273,7 +430,8 @@ def _great_vessels(anat, grid, tissue):
 def _spine(anat, grid, tissue):
     rx, ry = anat.r_vb
     yc = anat.y_vb + ry + anat.canal_r + 1.0  # canal centre
-    w = grid.window((-50.0, anat.y_vb - ry - 1.0, -1e4), (50.0, anat.y_spinous_tip + 1.0, 1e4))
+    bottom = -1e4 if anat.pelvis is None else anat.pelvis.sacrum_z  # version 3: the sacrum below
+    w = grid.window((-50.0, anat.y_vb - ry - 1.0, bottom), (50.0, anat.y_spinous_tip + 1.0, 1e4))
     if w is None:
         return
     X, Y = w.X[0], w.Y[0]  # (1, nx), (ny, 1): 2D masks, repeated along Z by broadcasting
@@ -356,6 +514,8 @@ def paint(anat: Anatomy, grid: Grid, liver_level: float, *, calibration: bool = 
     if anat.gallbladder is not None:
         _ellipsoid_organ(anat, grid, tissue, anat.gallbladder, GALLBLADDER, region="abdomen")
     _great_vessels(anat, grid, tissue)
+    if anat.pelvis is not None:
+        _pelvis(anat, grid, tissue)
     _spine(anat, grid, tissue)
     _ribs(anat, grid, tissue)
     if calibration:

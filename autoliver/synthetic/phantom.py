@@ -58,24 +58,25 @@ class Phantom:
     tissue: np.ndarray
 
 
-def make_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct", randomize: bool = False):
+def make_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct", randomize=False):
     """``(channels, label, geometry)`` of one random case; see :func:`render_case`."""
     p = render_case(rng_or_seed, shape_zyx, modality, randomize)
     return p.images, p.label, p.geometry
 
 
-def render_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct", randomize: bool = False) -> Phantom:
+def render_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct", randomize=False) -> Phantom:
     """Draw and render one case. ``rng_or_seed``: a ``numpy.random.Generator`` or an int seed.
 
     The anatomy, liver, tumours and framing are drawn before anything modality-specific, so one
     seed gives the same patient (and the same label) in CT and in DCE-MRI, and the same anatomy
-    in millimetres at any ``shape_zyx``. ``randomize``: generator version 2 (CT only; see
-    :mod:`autoliver.synthetic.randomize`).
+    in millimetres at any ``shape_zyx``. ``randomize``: a generator version 2 or 3 (True: the
+    latest; CT only; see :mod:`autoliver.synthetic.randomize`), False: version 1.
     """
     modality = choose("modality", modality, MODALITIES)
-    if randomize and modality != "ct":
+    version = randomize_.version_of(randomize)
+    if version > 1 and modality != "ct":
         raise UserError("--randomize: only for --modality ct (the DCE-MRI phantoms have no version 2 yet).")
-    rng, anat, grid, geometry, orientation, scan = _draw(rng_or_seed, shape_zyx, randomize)
+    rng, anat, grid, geometry, orientation, scan = _draw(rng_or_seed, shape_zyx, version)
     tissue = paint.paint(anat, grid, anat.liver_level)
     label = T.label_lut()[tissue]
     if modality == "ct":
@@ -83,7 +84,7 @@ def render_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct", 
     else:
         images, facts = _render_mri(rng, anat, grid, tissue)
 
-    if randomize:
+    if scan is not None:
         sx, sy, sz = randomize_.ORIENTATIONS[orientation]
     else:
         (sx, sy), sz = ORIENTATIONS[orientation], 1
@@ -94,24 +95,27 @@ def render_case(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, modality: str = "ct", 
     return Phantom(images, label, geometry, info, np.ascontiguousarray(tissue[flip]))
 
 
-def case_geometry(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, randomize: bool = False) -> Geometry:
+def case_geometry(rng_or_seed, shape_zyx=DEFAULT_SHAPE_ZYX, randomize=False) -> Geometry:
     """The geometry :func:`render_case` gives this seed and shape, without rendering voxels."""
-    return _draw(rng_or_seed, shape_zyx, randomize)[3]
+    return _draw(rng_or_seed, shape_zyx, randomize_.version_of(randomize))[3]
 
 
-def _draw(rng_or_seed, shape_zyx, randomize: bool = False):
+def _draw(rng_or_seed, shape_zyx, version: int = 1):
     shape = check_shape(shape_zyx)
     rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else np.random.default_rng(rng_or_seed)
-    anat = draw_anatomy(rng, randomized=randomize)
+    anat = draw_anatomy(rng, randomized=version > 1)
     scan = None
-    if randomize:
+    if version > 1:
         arms, table = randomize_.draw_arms_and_table(rng, anat.a, 0.5 * (anat.b_post - anat.b_ant))
         anat = dataclasses.replace(anat, arms=arms, table=table)
     anat, coarse, liver_coarse = _calibrate_liver(anat)
     anat = _place_vessels_and_tumours(rng, anat, coarse, liver_coarse)
-    if randomize:
-        scan = randomize_.draw_scan(rng)
+    if version > 1:
+        scan = randomize_.draw_scan(rng, version)
     grid, geometry, orientation = _frame(rng, anat, coarse, liver_coarse, shape, scan)
+    if version >= 3:  # drawn last: the liver (calibrated without it) lies above the pelvis; same field as version 2
+        anat = dataclasses.replace(anat, pelvis=randomize_.draw_pelvis(rng, anat),
+                                   bowel_wall=float(rng.uniform(*randomize_.BOWEL_WALL)))
     return rng, anat, grid, geometry, orientation, scan
 
 
@@ -362,12 +366,13 @@ def _render_ct(rng, anat, grid, tissue, scan=None):
     out = np.clip(np.rint(image), -1024, 3071).astype(np.int16)
     facts = {"liver_hu": float(lut[T.LIVER]), "spleen_hu": float(lut[T.SPLEEN]), "noise_sigma_hu": float(sigma)}
     if scan is not None:
-        facts |= {"generator_version": randomize_.VERSION, "phase": scan.phase, "unrealistic_contrast": scan.wild,
+        facts |= {"generator_version": scan.version, "phase": scan.phase, "unrealistic_contrast": scan.wild,
                   "fatty_liver_hu": round(scan.steatosis_hu, 2), "oral_contrast": scan.oral_contrast,
                   "liver_cut": round(scan.liver_cut, 3), "arms": len(anat.arms) > 0, "table": anat.table,
                   "sharpen": round(scan.sharpen, 3),
                   "scanner": {k: round(float(val), 3) for k, val in scan.values.items()},
-                  "tissue_hu": {T.NAMES[t]: round(float(lut[t]), 2) for t in range(len(T.NAMES))}}
+                  "tissue_hu": {T.NAMES[t]: round(float(lut[t]), 2) for t in range(len(T.NAMES))
+                                if scan.version >= 3 or t not in T.VERSION3_TISSUES}}
     return [out], facts
 
 

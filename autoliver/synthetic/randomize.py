@@ -1,5 +1,5 @@
-"""Generator version 2 (``make_synthetic --randomize``): patients and scans that vary as real ones do,
-and appearance pushed beyond what CT shows, so that a network learns the liver's shape and
+"""Generator versions 2 and 3 (``make_synthetic --randomize``): patients and scans that vary as real
+ones do, and appearance pushed beyond what CT shows, so that a network learns the liver's shape and
 context instead of one phantom's grey values (the idea of SynthSeg, Billot et al. 2023).
 
 Version 1 draws one portal-venous CT look (liver 50-70 HU, mild noise) and one body type: a model
@@ -21,8 +21,16 @@ trained on it marks muscle and bowel as liver on real scans, whose livers lie an
 * the **anatomy** (``anatomy.RANDOMIZED_ANATOMY`` and ``ANATOMY``): body habitus and fat, liver size
   and lobe shapes, arms beside the body, no table.
 
+Version 3 adds what a model trained on version 2 mistook for liver on real abdomen-and-pelvis
+scans: a **pelvis** below the liver (``PELVIS``: iliac wings and sacrum, hips and pubic bones,
+gluteal and iliac muscles filling what was abdominal cavity, a bladder, with contrast in the
+delayed phase, a prostate or uterus, the rectum, the iliac arteries and veins), and **bowel loops
+with a wall** around fluid, faeces or oral contrast instead of solid soft-tissue blobs
+(``VERSION3_HU``).
+
 Every range is data (the tables below; the README shows them), and the tests check that each
-tissue lands in its range. Same seed and version → byte-identical files; version 1 is unchanged.
+tissue lands in its range. Same seed and version → byte-identical files; versions 1 and 2 are
+unchanged.
 """
 from __future__ import annotations
 
@@ -32,9 +40,23 @@ import numpy as np
 
 from autoliver.synthetic import appearance
 from autoliver.synthetic import tissues as T
-from autoliver.synthetic.anatomy import RANDOMIZED_ANATOMY
+from autoliver.errors import UserError
+from autoliver.synthetic import LATEST, VERSIONS
+from autoliver.synthetic.anatomy import RANDOMIZED_ANATOMY, Ellipsoid, rotation
 
-VERSION = 2
+
+
+def version_of(randomize) -> int:
+    """The generator version a ``randomize`` argument asks for: False/0/None → 1, True → the latest,
+    or a version number (2, 3)."""
+    if randomize is None or randomize is False or randomize == 0:
+        return 1
+    if randomize is True:
+        return LATEST
+    if isinstance(randomize, (int, np.integer)) and int(randomize) in (1, *VERSIONS):
+        return int(randomize)
+    raise UserError(f"--randomize {randomize}: generator versions are 1 (without --randomize), "
+                    f"{', '.join(map(str, VERSIONS))}; the latest is {LATEST}.")
 
 PHASE_WEIGHTS = {"native": 0.15, "arterial": 0.2, "portal": 0.5, "delayed": 0.15}
 # tissue → (low, high) HU per phase; tissues not named keep appearance.CT_HU (version 1's table)
@@ -60,6 +82,17 @@ WILD_P, WILD_HU = 0.2, (-100.0, 300.0)
 WILD_TISSUES = (T.FAT, T.VISCERAL_FAT, T.MUSCLE, T.BOWEL, T.HEART, T.STOMACH_WALL, T.STOMACH_CONTENT, T.LIVER,
                 T.HEPATIC_VESSEL, T.SPLEEN, T.KIDNEY_CORTEX, T.KIDNEY_MEDULLA, T.RENAL_SINUS, T.GALLBLADDER, T.IVC,
                 T.AORTA, T.DISC, T.CSF, T.CARTILAGE)
+
+# Version 3: the tissues it adds (tissue → (low, high) HU per phase), and the wall of bowel loops.
+VERSION3_HU = {
+    "native": {T.BLADDER: (0, 20), T.PELVIC_ORGAN: (30, 50), T.BOWEL_CONTENT: (-30, 40)},
+    "arterial": {T.BLADDER: (0, 20), T.PELVIC_ORGAN: (45, 110), T.BOWEL_CONTENT: (-30, 40)},
+    "portal": {T.BLADDER: (0, 25), T.PELVIC_ORGAN: (60, 120), T.BOWEL_CONTENT: (-30, 40)},
+    "delayed": {T.BLADDER: (0, 25), T.PELVIC_ORGAN: (55, 100), T.BOWEL_CONTENT: (-30, 40)},
+}
+BLADDER_CONTRAST_P, BLADDER_CONTRAST_HU = 0.6, (150.0, 700.0)  # delayed phase: excreted contrast
+BOWEL_WALL = (0.12, 0.45)  # of the bowel field's units: thicker walls, smaller lumens (version 3)
+WILD_TISSUES_V3 = WILD_TISSUES + (T.BLADDER, T.PELVIC_ORGAN, T.BOWEL_CONTENT)
 
 SCANNER = {
     "noise_sigma_hu": (3.0, 40.0),
@@ -90,6 +123,9 @@ FRAMING = {
     "above_p": 0.3,  # and above it, into the chest …
     "above_liver_mm": (20.0, 80.0),  # … this far
 }
+# Version 3's framing, where it differs: more fields into the pelvis, and more fields narrower than
+# the body, some centred on the body (a spine-centred reconstruction: the liver at the field's edge)
+FRAMING_V3 = {"below_p": 0.6, "tight_p": 0.25, "tight_margin": (0.45, 0.95), "tight_pull": (0.0, 1.0)}
 # voxel orders (signs of the x, y, z axes): version 1's three, and head-to-feet slice orders
 ORIENTATIONS = {"LPS": (1, 1, 1), "RAS": (-1, -1, 1), "LAS": (1, -1, 1), "LPI": (1, 1, -1), "RAI": (-1, -1, -1)}
 ANATOMY = {
@@ -99,6 +135,25 @@ ANATOMY = {
     "humerus_radius_mm": (10.0, 14.0),
     "arm_fat_mm": (3.0, 15.0),
     "table_p": 0.85,
+}
+# Version 3's pelvis (mm; Z relative to the anatomy's origin at the liver's centre, see anatomy.py)
+PELVIS = {
+    "crest_below_kidney_mm": (80.0, 115.0),  # iliac crest below the lower kidney's centre
+    "sacrum_below_crest_mm": (15.0, 35.0),
+    "hip_below_crest_mm": (115.0, 150.0),  # centre of the femoral heads
+    "pubis_below_hip_mm": (15.0, 30.0),
+    "wing_half_width_mm": (105.0, 140.0),  # half the distance between the iliac crests
+    "wing_mm": (5.0, 10.0),  # thickness of the iliac wing
+    "floor_share": (0.45, 0.6),  # the pelvic cavity's width at the pubis, as a share of the crests'
+    "muscle_mm": (35.0, 90.0),  # muscles around the basin (iliacus, gluteal); fat beyond them
+    "femoral_head_radius_mm": (20.0, 26.0),
+    "bladder_p": 0.85,  # a bladder with urine in it (else empty)
+    "bladder_half_axes_mm": ((25.0, 60.0), (20.0, 45.0), (20.0, 50.0)),
+    "pelvic_organ_half_axes_mm": ((15.0, 32.0), (12.0, 25.0), (18.0, 40.0)),  # prostate or uterus
+    "rectum_radius_mm": (10.0, 18.0),
+    "bifurcation_above_crest_mm": (0.0, 30.0),  # of the aorta (the IVC's 10-20 mm lower)
+    "iliac_artery_radius_mm": (4.5, 7.0),
+    "iliac_vein_radius_mm": (6.0, 9.0),
 }
 
 
@@ -110,6 +165,65 @@ class Arm:
     ry: float
     fat_mm: float
     humerus_r: float
+
+
+@dataclass(frozen=True, eq=False)
+class Pelvis:
+    """Version 3's pelvis (mm; see ``PELVIS``)."""
+
+    crest_z: float
+    sacrum_z: float
+    hip_z: float
+    pubis_z: float
+    wing_x: float
+    wing_mm: float
+    floor_share: float
+    muscle_mm: float
+    hip_x: float
+    hip_y: float
+    head_r: float
+    bladder: Ellipsoid | None
+    pelvic_organ: Ellipsoid
+    rectum_r: float
+    bifurcation_z: float
+    iliac_artery_r: float
+    iliac_vein_r: float
+
+
+def draw_pelvis(rng: np.random.Generator, anat) -> Pelvis:
+    """A pelvis for the body ``anat`` (an :class:`~autoliver.synthetic.anatomy.Anatomy`)."""
+    P = PELVIS
+
+    def u(name, k=None):
+        lo, hi = P[name] if k is None else P[name][k]
+        return float(rng.uniform(lo, hi))
+
+    a2 = anat.a - anat.t_fat - anat.t_muscle  # the cavity's half-width
+    b2 = anat.b_ant - anat.t_fat - anat.t_muscle  # and its anterior half-depth
+    crest = min(k.centre[2] for k in anat.kidneys) - u("crest_below_kidney_mm")
+    sacrum = crest - u("sacrum_below_crest_mm")
+    hip = crest - u("hip_below_crest_mm")
+    pubis = hip - u("pubis_below_hip_mm")
+    wing_x = min(a2 - 6.0, u("wing_half_width_mm"))
+    floor_share = u("floor_share")
+    head_r = u("femoral_head_radius_mm")
+    hip_x = max(wing_x * float(rng.uniform(0.68, 0.8)), wing_x * floor_share + head_r + 6.0)
+    hip_y = anat.y_vb - float(rng.uniform(35.0, 55.0))
+    front = -b2 * float(rng.uniform(0.75, 0.9))  # the bladder lies just behind the pubic bones
+    bl = tuple(u("bladder_half_axes_mm", k) for k in range(3))
+    bladder = Ellipsoid((float(rng.uniform(-10.0, 10.0)), front + bl[1], pubis + 0.8 * bl[2]), bl,
+                        rotation(float(rng.uniform(-15, 15)), 0.0, float(rng.uniform(-15, 15))))
+    has_bladder = rng.uniform() < P["bladder_p"]
+    po = tuple(u("pelvic_organ_half_axes_mm", k) for k in range(3))
+    # below and behind the bladder (a prostate) or above and behind it (a uterus)
+    organ_y = (front + 1.5 * bl[1] if has_bladder else front + 15.0) + 0.6 * po[1] + float(rng.uniform(0.0, 10.0))
+    organ = Ellipsoid((float(rng.uniform(-8.0, 8.0)), organ_y, pubis + float(rng.uniform(-5.0, 45.0))), po,
+                      rotation(float(rng.uniform(-30, 10)), 0.0, 0.0))
+    return Pelvis(crest_z=crest, sacrum_z=sacrum, hip_z=hip, pubis_z=pubis, wing_x=wing_x, wing_mm=u("wing_mm"),
+                  floor_share=floor_share, muscle_mm=u("muscle_mm"), hip_x=hip_x, hip_y=hip_y, head_r=head_r,
+                  bladder=bladder if has_bladder else None, pelvic_organ=organ, rectum_r=u("rectum_radius_mm"),
+                  bifurcation_z=crest + u("bifurcation_above_crest_mm"), iliac_artery_r=u("iliac_artery_radius_mm"),
+                  iliac_vein_r=u("iliac_vein_radius_mm"))
 
 
 @dataclass(frozen=True)
@@ -129,6 +243,7 @@ class Scan:
     above_mm: float = 0.0
     tight: float = 0.0  # > 0: the field's width as a share of the body's (narrower than the body)
     tight_pull: float = 0.0  # and how far its centre moves towards the liver's (0 … 1)
+    version: int = 2
 
 
 def draw_arms_and_table(rng: np.random.Generator, a: float, y_centre: float) -> tuple[tuple[Arm, ...], bool]:
@@ -146,7 +261,8 @@ def draw_arms_and_table(rng: np.random.Generator, a: float, y_centre: float) -> 
     return arms, bool(rng.uniform() < ANATOMY["table_p"])
 
 
-def draw_scan(rng: np.random.Generator) -> Scan:
+def draw_scan(rng: np.random.Generator, version: int = 2) -> Scan:
+    F = FRAMING | FRAMING_V3 if version >= 3 else FRAMING
     phases = list(PHASE_WEIGHTS)
     p = np.asarray(list(PHASE_WEIGHTS.values()), np.float64)
     phase = phases[int(rng.choice(len(phases), p=p / p.sum()))]
@@ -159,18 +275,18 @@ def draw_scan(rng: np.random.Generator) -> Scan:
     sharpen = values["sharpen"] if rng.uniform() < SHARPEN_P else 0.0
     values["cupping_hu"] *= float(rng.choice((-1.0, 1.0)))
     cut = 0.0
-    if rng.uniform() < FRAMING["liver_cut_p"]:
-        cut = float(rng.uniform(*FRAMING["liver_cut_fraction"])) * float(rng.choice((-1.0, 1.0)))
-    below = float(rng.uniform(*FRAMING["below_liver_mm"])) if rng.uniform() < FRAMING["below_p"] else 0.0
-    above = float(rng.uniform(*FRAMING["above_liver_mm"])) if rng.uniform() < FRAMING["above_p"] else 0.0
+    if rng.uniform() < F["liver_cut_p"]:
+        cut = float(rng.uniform(*F["liver_cut_fraction"])) * float(rng.choice((-1.0, 1.0)))
+    below = float(rng.uniform(*F["below_liver_mm"])) if rng.uniform() < F["below_p"] else 0.0
+    above = float(rng.uniform(*F["above_liver_mm"])) if rng.uniform() < F["above_p"] else 0.0
     tight = pull = 0.0
-    if rng.uniform() < FRAMING["tight_p"]:
-        tight, pull = float(rng.uniform(*FRAMING["tight_margin"])), float(rng.uniform(*FRAMING["tight_pull"]))
+    if rng.uniform() < F["tight_p"]:
+        tight, pull = float(rng.uniform(*F["tight_margin"])), float(rng.uniform(*F["tight_pull"]))
     names = list(ORIENTATIONS)
     return Scan(phase=phase, wild=wild, steatosis_hu=steatosis, oral_contrast=oral, values=values, sharpen=sharpen,
-                fov_margin=float(rng.uniform(*FRAMING["fov_margin"])), liver_cut=cut,
+                fov_margin=float(rng.uniform(*F["fov_margin"])), liver_cut=cut,
                 orientation=names[int(rng.integers(len(names)))], below_mm=below, above_mm=above, tight=tight,
-                tight_pull=pull)
+                tight_pull=pull, version=version)
 
 
 def tissue_ranges(scan: Scan) -> dict[int, tuple[float, float]]:
@@ -181,20 +297,24 @@ def tissue_ranges(scan: Scan) -> dict[int, tuple[float, float]]:
     ranges[T.SPLEEN] = (ranges[T.LIVER][0] + appearance.SPLEEN_MINUS_LIVER_HU[0],
                         ranges[T.LIVER][1] + appearance.SPLEEN_MINUS_LIVER_HU[1])
     ranges.update({t: tuple(map(float, r)) for t, r in CT_PHASE_HU[scan.phase].items()})
+    if scan.version >= 3:
+        ranges.update({t: tuple(map(float, r)) for t, r in VERSION3_HU[scan.phase].items()})
     if scan.wild:
-        ranges.update({t: WILD_HU for t in WILD_TISSUES})
+        ranges.update({t: WILD_HU for t in (WILD_TISSUES_V3 if scan.version >= 3 else WILD_TISSUES)})
     return ranges
 
 
 def ct_lut(rng: np.random.Generator, scan: Scan, tumours) -> np.ndarray:
-    """One case's tissue → HU table (float32), version 2."""
+    """One case's tissue → HU table (float32), versions 2 and 3."""
     lut = np.zeros(T.NUM_TISSUES, np.float32)
     for tissue, (lo, hi) in sorted(tissue_ranges(scan).items()):
         lut[tissue] = rng.uniform(lo, hi)
     lut[T.LIVER] -= np.float32(scan.steatosis_hu)
-    if scan.oral_contrast:
-        for tissue in (T.BOWEL, T.STOMACH_CONTENT):
+    if scan.oral_contrast:  # version 3: in the bowel's content (its wall keeps its own value)
+        for tissue in (T.BOWEL_CONTENT if scan.version >= 3 else T.BOWEL, T.STOMACH_CONTENT):
             lut[tissue] = rng.uniform(*ORAL_CONTRAST_HU)
+    if scan.version >= 3 and scan.phase == "delayed" and not scan.wild and rng.uniform() < BLADDER_CONTRAST_P:
+        lut[T.BLADDER] = rng.uniform(*BLADDER_CONTRAST_HU)
     liver = float(lut[T.LIVER])
     for i, tum in enumerate(tumours):
         delta = float(rng.uniform(*TUMOUR_CONTRAST_HU))
@@ -206,7 +326,7 @@ def ct_lut(rng: np.random.Generator, scan: Scan, tumours) -> np.ndarray:
 
 
 def table_rows() -> list[tuple[str, str]]:
-    """(what, range) rows for the README's table of version 2's randomisation."""
+    """(what, range) rows for the README's table of versions 2 and 3's randomisation."""
     names = T.NAMES
     rows = [("contrast phase", ", ".join(f"{k} {v:.0%}" for k, v in PHASE_WEIGHTS.items()))]
     for phase, table in CT_PHASE_HU.items():
@@ -240,4 +360,30 @@ def table_rows() -> list[tuple[str, str]]:
              ("right / left lobe half-axes", " / ".join("×".join("{:g}-{:g}".format(*r) for r in a[k])
                                                         for k in ("right_lobe", "left_lobe")) + " mm"),
              ("liver warp", "{:g} to {:g} mm (version 1: 6 to 12)".format(*a["liver_warp"]))]
+    for phase, table in VERSION3_HU.items():
+        rows.append((f"version 3: {phase} HU", "; ".join(f"{names[t]} {lo} to {hi}" for t, (lo, hi) in table.items())))
+    rows += [("version 3: bladder in the delayed phase", f"p {BLADDER_CONTRAST_P}: contrast, "
+                                                          "{:g} to {:g} HU".format(*BLADDER_CONTRAST_HU)),
+             ("version 3: bowel", "a wall around the content ({:g} to {:g} of the field's units); oral contrast in "
+                                  "the content".format(*BOWEL_WALL)),
+             ("version 3: bladder", f"p {PELVIS['bladder_p']}, half-axes " +
+              "×".join("{:g}-{:g}".format(*r) for r in PELVIS["bladder_half_axes_mm"]) + " mm")]
+    plain = {"crest_below_kidney_mm": "iliac crest below the lower kidney's centre",
+             "sacrum_below_crest_mm": "top of the sacrum below the crest",
+             "hip_below_crest_mm": "femoral heads below the crest",
+             "pubis_below_hip_mm": "pubis below the femoral heads",
+             "wing_half_width_mm": "half the distance between the iliac crests", "wing_mm": "iliac wing thickness",
+             "floor_share": "pelvic basin's width at the pubis / at the crests",
+             "muscle_mm": "muscles around the basin (then fat)", "femoral_head_radius_mm": "femoral head radius",
+             "rectum_radius_mm": "rectum radius", "bifurcation_above_crest_mm": "aortic bifurcation above the crest",
+             "iliac_artery_radius_mm": "iliac artery radius", "iliac_vein_radius_mm": "iliac vein radius"}
+    for k, what in plain.items():
+        unit = " mm" if k.endswith("_mm") else ""
+        rows.append((f"version 3: {what}", "{:g} to {:g}".format(*PELVIS[k]) + unit))
+    rows += [("version 3: field below the liver", f"p {FRAMING_V3['below_p']}"),
+             ("version 3: field narrower than the body", f"p {FRAMING_V3['tight_p']}, " +
+              "{} to {} of its width, centred {} to {} of the way from the body's centre to the liver's".format(
+                  *FRAMING_V3["tight_margin"], *FRAMING_V3["tight_pull"]))]
+    rows.append(("version 3: prostate or uterus", "half-axes " + "×".join(
+        "{:g}-{:g}".format(*r) for r in PELVIS["pelvic_organ_half_axes_mm"]) + " mm"))
     return rows
