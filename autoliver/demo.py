@@ -76,11 +76,11 @@ def _make_data(s: DemoSettings, raw: Path, heldout_root: Path) -> tuple[Path, Pa
     from autoliver.synthetic import make_synthetic_dataset
 
     from autoliver.errors import UserError
-    from autoliver.synthetic.dataset import generator_version
+    from autoliver.synthetic.randomize import version_of
 
     train = raw / DATASET
     heldout = heldout_root / HELDOUT
-    version = generator_version(s.randomize)
+    version = version_of(s.randomize)
     for folder in (train, heldout):
         meta = folder / "dataset.json"
         found = json.loads(meta.read_text()).get("synthetic", {}).get("generator_version") if meta.is_file() else None

@@ -21,10 +21,8 @@ from autoliver.progress import bar
 from autoliver.schema import write_json
 from autoliver.synthetic.appearance import MRI_PHASES
 from autoliver.synthetic.phantom import DEFAULT_SHAPE_ZYX, MODALITIES, check_shape, render_case
-from autoliver.synthetic.randomize import LATEST, version_of
+from autoliver.synthetic.randomize import version_of
 
-GENERATOR_VERSION = 1  # what make_synthetic writes without --randomize
-RANDOMIZED_VERSION = LATEST  # with --randomize (autoliver.synthetic.randomize); --randomize 2 for version 2
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
 FILE_ENDING = ".nii.gz"
 
@@ -33,13 +31,8 @@ def case_name(i: int, num_cases: int) -> str:
     return f"phantom_{i:0{max(3, len(str(num_cases - 1)))}d}"
 
 
-def generator_version(randomize) -> int:
-    """The version ``randomize`` asks for: False → 1, True → the latest, or a version number."""
-    return version_of(randomize)
-
-
 def dataset_json(name: str, num_cases: int, modality: str, seed: int, shape_zyx, randomize=False) -> dict:
-    version = generator_version(randomize)
+    version = version_of(randomize)
     what = "DCE-MRI" if modality != "ct" else ("CT (randomised contrast phase, scanner and anatomy)" if version > 1
                                                else "CT (portal venous phase)")
     d = {
@@ -71,7 +64,7 @@ def make_synthetic_dataset(folder: Path, num_cases: int, seed: int = 0, modality
     """
     folder = Path(folder)
     modality = choose("--modality", modality, MODALITIES)
-    version = generator_version(randomize)
+    version = version_of(randomize)
     if version > 1 and modality != "ct":
         raise UserError("--randomize: only for --modality ct (the DCE-MRI phantoms have no version 2 yet).")
     shape = check_shape(shape_zyx)

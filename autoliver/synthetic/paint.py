@@ -221,12 +221,7 @@ def _hepatic_vessels(anat, grid, tissue):
     only_liver = np.zeros(NUM_TISSUES, bool)
     only_liver[LIVER] = True
     for c in anat.vessels:
-        pad = max(c.r0, c.r1)
-        lo = np.minimum(c.p0, c.p1) - pad
-        hi = np.maximum(c.p0, c.p1) + pad
-        w = grid.window(lo, hi)
-        if w is not None:
-            _paint(tissue, w, _capsule_mask(c, w), HEPATIC_VESSEL, only_liver)
+        _capsule_soft(grid, tissue, c, HEPATIC_VESSEL, only_liver)
 
 
 def _spleen(anat, grid, tissue):
@@ -298,21 +293,24 @@ def _bone(tissue, w, inside: np.ndarray, marrow: np.ndarray | None, keep: np.nda
         _paint(tissue, w, marrow & keep, BONE_MARROW)
 
 
-def _capsule_bone(anat, grid, tissue, c: Capsule, cortex_mm: float = 3.0) -> None:
+def _capsule_window(grid: Grid, c: Capsule) -> Window | None:
     pad = max(c.r0, c.r1)
-    w = grid.window(np.minimum(c.p0, c.p1) - pad, np.maximum(c.p0, c.p1) + pad)
+    return grid.window(np.minimum(c.p0, c.p1) - pad, np.maximum(c.p0, c.p1) + pad)
+
+
+def _capsule_soft(grid, tissue, c: Capsule, value: int, may_replace: np.ndarray) -> None:
+    w = _capsule_window(grid, c)
+    if w is not None:
+        _paint(tissue, w, _capsule_mask(c, w), value, may_replace)
+
+
+def _capsule_bone(anat, grid, tissue, c: Capsule, cortex_mm: float = 3.0) -> None:
+    w = _capsule_window(grid, c)
     if w is None:
         return
     body = _inside_shell(anat, w, 2.0, anat.b_post - 2.0)
     inner = Capsule(c.p0, c.p1, max(c.r0 - cortex_mm, 0.5), max(c.r1 - cortex_mm, 0.5))
     _bone(tissue, w, _capsule_mask(c, w), _capsule_mask(inner, w), body)
-
-
-def _capsule_soft(grid, tissue, c: Capsule, value: int, may_replace: np.ndarray) -> None:
-    pad = max(c.r0, c.r1)
-    w = grid.window(np.minimum(c.p0, c.p1) - pad, np.maximum(c.p0, c.p1) + pad)
-    if w is not None:
-        _paint(tissue, w, _capsule_mask(c, w), value, may_replace)
 
 
 def _basin(anat, w: Window):
