@@ -14,7 +14,10 @@ would need hours for the 10 cases with it), with a sliding-window step of 0.5.
 Rows (``AUTOLIVER_BENCH_ROWS``, comma-separated, default all of them):
 
 * ``cascade``: ``3d_fullres`` (cpu preset) for a third of the minutes finds the liver, then the
-  liver-ROI lesion stage (``AUTOLIVER_BENCH_ROI``, default ``2d_liver_roi``) for the rest;
+  liver-ROI lesion stage (``AUTOLIVER_BENCH_ROI``, default ``2d_liver_roi``) for the rest; with
+  ``AUTOLIVER_BENCH_CONTEXT`` k > 0 the cpu preset plans the 2D stage with 2.5D context
+  (``context_slices_2d`` k). The row is saved as ``cascade``, or ``cascade_{ROI}`` /
+  ``cascade_{ROI}_context{k}`` for the others;
 * ``before``: ``3d_fullres`` alone for all the minutes (autoliver before the lesion stage);
 * ``nnunet_default``: nnU-Net v2's own plan (3d_fullres), epochs cut to the same minutes;
 * ``nnunet_autoliver_plan``: nnU-Net v2's trainer on the network of autoliver's cpu ``3d_fullres``.
@@ -50,6 +53,7 @@ DATASET = "Dataset970_AccuracyCT"
 CASES, TEST_CASES, SEED, SHAPE = 40, 10, 11, ("100", "512", "512")
 MINUTES = float(os.environ.get("AUTOLIVER_BENCH_MINUTES", "30"))
 ROI = os.environ.get("AUTOLIVER_BENCH_ROI", "2d_liver_roi")
+CONTEXT = int(os.environ.get("AUTOLIVER_BENCH_CONTEXT", "0"))
 ROWS = [r.strip() for r in os.environ.get("AUTOLIVER_BENCH_ROWS", "cascade,before,nnunet_default,"
                                                                    "nnunet_autoliver_plan").split(",") if r.strip()]
 NNUNET_PYTHON = os.environ.get("AUTOLIVER_NNUNET_PYTHON")
@@ -90,10 +94,25 @@ def dataset(root: Path) -> Path:
     return raw
 
 
-def planned(root: Path, *configurations: str) -> None:
+def preset(root: Path, context: int = 0) -> tuple[str, str]:
+    """(name, --preset argument): the cpu preset, or the cpu preset with 2.5D context as a file."""
+    if not context:
+        return "cpu", "cpu"
+    from autoliver.resources import resource_dir
+
+    name = f"cpu_context{context}"
+    keys = json.loads((resource_dir("planners") / "cpu.json").read_text())
+    path = root / f"{name}.json"
+    path.write_text(json.dumps({**keys, "name": name, "context_slices_2d": context}, indent=2))
+    return name, str(path)
+
+
+def planned(root: Path, *configurations: str, context: int = 0) -> None:
     dataset(root)
-    if not (root / "preprocessed" / DATASET / "plans.json").is_file():
-        autoliver(root, "plan_and_preprocess", "-d", DATASET, "--preset", "cpu", "-c", *configurations)
+    name, argument = preset(root, context)
+    plans = root / "preprocessed" / DATASET / "plans.json"
+    if not plans.is_file() or json.loads(plans.read_text())["preset"] != name:
+        autoliver(root, "plan_and_preprocess", "-d", DATASET, "--preset", argument, "-c", *configurations)
     else:  # complete cases are skipped
         autoliver(root, "preprocess", "-d", DATASET, "-c", *configurations)
 
@@ -167,33 +186,37 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def run_row(benchmark, root: Path, name: str, make) -> dict:
+def run_row(benchmark, root: Path, name: str, make, key: str | None = None) -> dict:
+    """Run row ``name`` (when AUTOLIVER_BENCH_ROWS wants it) and save it in accuracy.json as ``key`` (default: name)."""
     if name not in ROWS:
         pytest.skip(f"row {name} not in AUTOLIVER_BENCH_ROWS")
     rows = []
     benchmark.pedantic(lambda: rows.append(make()), rounds=1, iterations=1)
     row = rows[-1]
-    save_row(root, name, row)
+    save_row(root, key or name, row)
     benchmark.extra_info.update({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
     return row
 
 
 def test_cascade(benchmark, root):
+    key = "cascade" if ROI == "2d_liver_roi" and not CONTEXT else f"cascade_{ROI}" + (f"_context{CONTEXT}" if CONTEXT else "")
+
     def make():
-        planned(root, "3d_fullres", ROI)
+        planned(root, "3d_fullres", ROI, context=CONTEXT)
         first = train(root, "3d_fullres", MINUTES / 3)
         second = train(root, ROI, MINUTES * 2 / 3)
-        pred = root / "predictions" / "cascade"
+        pred = root / "predictions" / key
         seconds = predict(root, pred, "-c", ROI)
         plan = json.loads((root / "preprocessed" / DATASET / "plans.json").read_text())["configurations"]
         c1, c2 = plan["3d_fullres"], plan[ROI]
         return {"what": (f"3d_fullres {'×'.join(f'{s:.2g}' for s in c1['spacing_zyx_mm'])} mm → {ROI} "
                          f"{'×'.join(f'{s:.2g}' for s in c2['spacing_zyx_mm'])} mm, patch {c2['patch_size']}, "
-                         f"batch {c2['batch_size']}, recipe {c2['recipe'] or 'default'}"),
+                         f"batch {c2['batch_size']}, recipe {c2['recipe'] or 'default'}"
+                         + (f", {c2['context_slices']} context slices each side" if c2.get("context_slices") else "")),
                 "train_minutes": first + second, "predict_seconds_per_case": seconds / TEST_CASES,
                 **score(root, pred)}
 
-    row = run_row(benchmark, root, "cascade", make)
+    row = run_row(benchmark, root, "cascade", make, key)
     missed = {k: (row[k], t) for k, t in TARGETS.items() if row[k] is None or row[k] < t}
     assert not missed, f"targets missed (value, target): {missed}"
 

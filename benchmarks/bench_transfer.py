@@ -17,6 +17,9 @@ Rows (``AUTOLIVER_TRANSFER_ROWS``, comma-separated, default all):
 * ``demo_v3``: generator version 3 (version 2 with a pelvis and walled bowel loops), the demo's budget;
 * ``demo_v3_long``: version 3 with a larger budget: ``AUTOLIVER_TRANSFER_LONG_MINUTES`` (default 30)
   minutes on ``AUTOLIVER_TRANSFER_LONG_CASES`` (default 60) phantoms;
+* ``demo_v3_context``: ``demo_v3`` with 2.5D context: the cpu preset with ``context_slices_2d``
+  ``AUTOLIVER_TRANSFER_CONTEXT`` (default 2), so the ``2d`` network sees each slice with its
+  neighbours (a bladder or a bowel loop is told from the liver by how it continues across slices);
 * ``finetune``: leave-one-out over the real CTs: train on the other two for
   ``AUTOLIVER_FINETUNE_MINUTES`` (default 5), from scratch (their own CPU plan) or fine-tuned from
   the ``demo_v2`` model (``plan --plans-from`` and ``train --pretrained``), and score the third.
@@ -59,7 +62,9 @@ MINUTES = float(os.environ.get("AUTOLIVER_TRANSFER_MINUTES", "9"))
 CASES = int(os.environ.get("AUTOLIVER_TRANSFER_CASES", "24"))
 SHAPE = os.environ.get("AUTOLIVER_TRANSFER_SHAPE", "64 128 128").split()
 ROWS = {"demo_v1": [], "demo_v2": ["--randomize", "2"],
-        "demo_v2_3d": ["--randomize", "2", "--configuration", "3d_fullres"], "demo_v3": ["--randomize", "3"], "demo_v3_long": ["--randomize", "3"]}
+        "demo_v2_3d": ["--randomize", "2", "--configuration", "3d_fullres"], "demo_v3": ["--randomize", "3"], "demo_v3_long": ["--randomize", "3"],
+        "demo_v3_context": ["--randomize", "3", "--preset", "CONTEXT_PRESET"]}
+CONTEXT = int(os.environ.get("AUTOLIVER_TRANSFER_CONTEXT", "2"))
 # rows with their own budget: (training minutes, phantoms)
 BUDGETS = {"demo_v3_long": (float(os.environ.get("AUTOLIVER_TRANSFER_LONG_MINUTES", "30")),
                             int(os.environ.get("AUTOLIVER_TRANSFER_LONG_CASES", "60")))}
@@ -112,11 +117,22 @@ def predict(root: Path, model: Path, images: Path, out: Path) -> None:
     run_autoliver(root, "predict", "-m", str(model), "-i", str(images), "-o", str(out), "-f", "all")
 
 
+def context_preset(root: Path) -> Path:
+    """The cpu preset with 2.5D context for the 2D configurations, as a preset file."""
+    from autoliver.resources import resource_dir
+
+    keys = json.loads((resource_dir("planners") / "cpu.json").read_text())
+    path = root / f"cpu_context{CONTEXT}.json"
+    path.write_text(json.dumps({**keys, "name": f"cpu_context{CONTEXT}", "context_slices_2d": CONTEXT}, indent=2))
+    return path
+
+
 def transfer_row(root: Path, name: str) -> dict:
     work = root / name
     minutes, cases = BUDGETS.get(name, (MINUTES, CASES))
+    demo_args = [str(context_preset(root)) if a == "CONTEXT_PRESET" else a for a in ROWS[name]]
     run_autoliver(root, "demo", "--workdir", str(work), "--train-cases", str(cases), "--shape", *SHAPE,
-                  "--train-minutes", f"{minutes:g}", *ROWS[name])
+                  "--train-minutes", f"{minutes:g}", *demo_args)
     model = work / "results" / DEMO_DATASET
     metrics = [json.loads(line) for p in model.rglob("metrics.jsonl") for line in p.read_text().splitlines()
                if line.strip()]
@@ -130,6 +146,8 @@ def transfer_row(root: Path, name: str) -> dict:
     args = ROWS[name]
     version = args[args.index("--randomize") + 1] if "--randomize" in args else "1"
     rest = [a for a in args if a not in ("--randomize", version)]
+    if "CONTEXT_PRESET" in rest:
+        rest = [f"context_slices_2d {CONTEXT}" if a == "CONTEXT_PRESET" else a for a in rest if a != "--preset"]
     return {
         "generator": f"version {version}" + (f", {' '.join(rest)}" if rest else "") + f", {cases} phantoms",
         "train_minutes": sum(m.get("epoch_seconds", 0.0) for m in metrics) / 60,

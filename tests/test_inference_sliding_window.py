@@ -144,6 +144,26 @@ def test_voxelwise_network_is_reproduced_exactly_2d(shape, patch, batch):
     np.testing.assert_allclose(out, np.concatenate([data, 2 * data]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_context_slices_feed_each_slice_with_its_neighbours_as_training_does(batch):
+    """2.5D: slice i goes in as (i-k .. i+k of the context channels, nearest slice beyond the ends,
+    channel-major) followed by the other channels of slice i alone: the order training's sampler
+    stacks them in (``context_indices``)."""
+    from autoliver.training.data import context_indices
+
+    z, k = 7, 2
+    rng = np.random.default_rng(2)
+    data = rng.standard_normal((3, z, 9, 11)).astype(np.float32)  # channels 0, 1 with context; 2 alone
+    out = predict_logits(Channels(), data, (5, 6), step_size=0.5, batch_size=batch, context_slices=k,
+                         context_channels=2)
+    assert out.shape == (2 * (2 * (2 * k + 1) + 1), z, 9, 11)
+    for i in range(z):
+        expected = np.concatenate([data[:2, context_indices(i, k, z)].reshape(-1, 9, 11), data[2:, i]])
+        np.testing.assert_allclose(out[:11, i], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="2D patches"):
+        predict_logits(Channels(), data, (4, 5, 6), context_slices=1)
+
+
 @pytest.mark.parametrize("shape,patch,step", [((1, 23, 31, 29), (8, 12, 10), 0.5), ((1, 16, 20, 24), (16, 8, 12), 0.33),
                                               ((1, 9, 17, 40), (4, 16, 16), 1.0)])
 def test_gaussian_weighted_average_matches_full_volume_reference_3d(shape, patch, step):

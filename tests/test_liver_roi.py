@@ -8,6 +8,9 @@ would have learnt.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -168,6 +171,23 @@ def test_planner_plans_the_lesion_stage_from_the_liver_box():
     assert "box" in roi.reasons["configuration"]
 
 
+def test_context_slices_widen_the_2d_input_only():
+    """context_slices_2d k: the 2D configurations take 2k + 1 slices per image channel (the lesion
+    stage its liver mask besides), the plan says so; 3D configurations are unchanged."""
+    base = load_preset("cpu")
+    wide = replace(base, context_slices_2d=2)
+    plain = plan_experiment(_fingerprint(0.5), base, Budget("cpu", 16 * 2**30, SPEED))
+    plan = plan_experiment(_fingerprint(0.5), wide, Budget("cpu", 16 * 2**30, SPEED))
+    two, roi = plan.configurations["2d"], plan.configurations["2d_liver_roi"]
+    assert (two.context_slices, two.network.in_channels) == (2, 5)
+    assert (roi.context_slices, roi.network.in_channels) == (2, 6)
+    assert two.reasons["context_slices"].startswith("2: each slice with 2 neighbour(s) on each side")
+    assert "12.5 mm" in two.reasons["context_slices"]  # 5 slices of 2.5 mm
+    for name in ("3d_fullres", "3d_liver_roi"):
+        assert plan.configurations[name] == plain.configurations[name]
+    assert plain.configurations["2d"].context_slices == 0 and "context_slices" not in plain.configurations["2d"].reasons
+
+
 def test_planner_skips_the_lesion_stage_when_the_liver_fills_the_body():
     plan = plan_experiment(_fingerprint(0.9), load_preset("cpu"), Budget("cpu", 16 * 2**30, SPEED))
     assert "3d_liver_roi" not in plan.configurations
@@ -212,6 +232,37 @@ def test_the_cascade_through_the_cli(autoliver_dirs, tmp_path):
 
     names = zipfile.ZipFile(tmp_path / "model.zip").namelist()
     assert any(n.startswith("2d_liver_roi/") for n in names) and any(n.startswith("3d_fullres/") for n in names)
+
+
+def test_context_slices_through_the_cli(autoliver_dirs, tmp_path):
+    """A preset with 2.5D context: plan → train 2d (with its validation) and the 2D lesion stage →
+    predict; the networks take 5 slices, the segmentation is on the scan's grid."""
+    from autoliver.cli import main
+    from autoliver.io import read_image
+    from autoliver.planning.plan import read_plan
+
+    preset = tmp_path / "context.json"
+    from autoliver.planning.presets import preset_dir
+
+    keys = json.loads((preset_dir() / "cpu.json").read_text())
+    preset.write_text(json.dumps({**keys, "name": "cpu_context", "context_slices_2d": 2,
+                                  "liver_roi_max_box_fraction": 1.0}))
+    assert main(["make_synthetic", "-d", "Context", "--cases", "4", "--seed", "3", "--shape", "24", "80", "80"]) == 0
+    assert main(["plan_and_preprocess", "-d", "1", "--preset", str(preset), "-c", "2d", "2d_liver_roi"]) == 0
+    plan = read_plan(autoliver_dirs["preprocessed"] / "Dataset001_Context" / "plans.json")
+    assert plan.configurations["2d"].network.in_channels == 5 and plan.configurations["2d_liver_roi"].context_slices == 2
+    assert main(["train", "2d", "0", "-d", "1", "--epochs", "1", "--iters", "2", "-np", "0"]) == 0
+    results = autoliver_dirs["results"] / "Dataset001_Context"
+    assert json.loads((results / "2d" / "fold_0" / "validation" / "summary.json").read_text())["cases"]
+    assert main(["train", "2d_liver_roi", "all", "-d", "1", "--epochs", "1", "--iters", "2", "-np", "0",
+                 "--no-validation"]) == 0
+    scan = autoliver_dirs["raw"] / "Dataset001_Context" / "imagesTr" / "phantom_000_0000.nii.gz"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / scan.name).symlink_to(scan)
+    assert main(["predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-d", "1", "-c", "2d_liver_roi",
+                 "--first-stage", "2d", "--disable-tta"]) == 0
+    seg, image = read_image(tmp_path / "out" / "phantom_000.nii.gz"), read_image(scan)
+    assert seg.array.shape == image.array.shape and seg.geometry.matches(image.geometry)
 
 
 def test_perturbed_liver_masks_look_like_a_first_stage():

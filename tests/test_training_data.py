@@ -142,6 +142,44 @@ def test_2d_configurations_sample_single_slices(cases_dir):
     assert any(np.array_equal(plain["data"][0, 0].numpy(), image[z]) for z in range(image.shape[0]))
 
 
+def _slice_numbered(folder, shape=(6, 16, 16)):
+    """One case whose channel c at slice z holds 100·c + z everywhere (2 channels)."""
+    z = np.arange(shape[0], dtype=np.float32)[:, None, None] * np.ones(shape, np.float32)
+    seg = np.zeros((1, *shape), np.int8)
+    seg[0, :, 4:12, 4:12] = 1
+    locations = {"1": np.argwhere(seg[0] == 1)[::7].tolist()}
+    storage.write_case(folder, "case_000", np.stack([z, 100 + z]), seg, {"case": "case_000", "class_locations": locations})
+    return ["case_000"]
+
+
+def test_2d_context_slices_come_channel_major_with_the_ends_repeated(tmp_path):
+    cases = _slice_numbered(tmp_path)
+    ds = PatchBatches(tmp_path, cases, (16, 16), 8, 2, augmentation=None, seed=0, context_slices=2)
+    seen = set()
+    for i in range(6):
+        data = ds[i]["data"].numpy()
+        assert data.shape == (8, 10, 16, 16)
+        for sample in data:
+            z = int(sample[2, 0, 0])  # channel 0, the slice itself
+            seen.add(z)
+            expected = [100 * c + min(max(z + d, 0), 5) for c in (0, 1) for d in (-2, -1, 0, 1, 2)]
+            assert sample[:, 8, 8].tolist() == expected
+    assert {0, 5} <= seen  # both ends were drawn (and repeated, above)
+    with pytest.raises(ValueError, match="2D patches"):
+        PatchBatches(tmp_path, cases, (4, 16, 16), 2, 2, augmentation=None, context_slices=1)
+
+
+def test_2d_context_slices_are_augmented_together(tmp_path):
+    """Brightness drawn once per sample: channel 1 minus channel 0 is the same multiple of 100 on
+    every neighbouring slice (per channel, as for modalities, it would differ)."""
+    cases = _slice_numbered(tmp_path)
+    aug = Augmentation(p_rotation=0, p_scale=0, p_elastic=0, p_noise=0, p_blur=0, p_brightness=1, p_contrast=0,
+                       p_low_resolution=0, p_gamma=0, p_gamma_inverted=0, mirror=False)
+    data = PatchBatches(tmp_path, cases, (16, 16), 8, 2, augmentation=aug, seed=3, context_slices=2)[0]["data"].numpy()
+    step = data[:, 5:, 8, 8] - data[:, :5, 8, 8]  # (B, 5 slices)
+    assert np.allclose(step, step[:, :1], rtol=1e-5) and not np.allclose(step, 100.0)
+
+
 def test_cascade_adds_one_hot_previous_stage_channels(cases_dir, tmp_path):
     import blosc2
 

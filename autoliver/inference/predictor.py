@@ -121,7 +121,7 @@ def _append_one_hot(data: np.ndarray, seg: np.ndarray | None, stage: StageModel)
     """The previous stage's labels as one channel per label value (the foreground ones when the
     network takes K - 1 extra channels, every label when it takes K)."""
     spec = stage.configuration.network
-    extra = spec.in_channels - data.shape[0]
+    extra = spec.in_channels - data.shape[0] * (2 * stage.configuration.context_slices + 1)  # 2.5D: image × slices
     k = spec.num_classes
     if stage.configuration.roi_margin_mm > 0:  # a liver-ROI stage: the first stage's liver, one channel
         if extra != 1 or seg is None:
@@ -181,7 +181,8 @@ def network_probabilities(stage: StageModel, data: np.ndarray, options: PredictO
         logits = predict_logits(network, tensor, stage.configuration.patch_size, step_size=options.step_size,
                                 mirror_axes=_mirror_axes(stage, options), device=device,
                                 progress=options.tile_progress, out_dtype=torch.float16,
-                                weights_1d=stage.tile_weights)
+                                weights_1d=stage.tile_weights, context_slices=stage.configuration.context_slices,
+                                context_channels=len(stage.configuration.normalization))
         if mean is None:
             mean = logits
             continue

@@ -16,7 +16,9 @@ Two properties keep memory bounded on scans of any size:
   be float16. Peak memory is about ``K × patch_z × y × x × 4`` bytes plus the output.
 
 2D networks (patch (y, x)) slide over the slices: several slices go through the network as one
-batch, and each slab of slices is finished before the next.
+batch, and each slab of slices is finished before the next. A 2.5D network (``context_slices`` k)
+gets each slice with its k neighbours on each side as channels, stacked slab by slab as training
+stacked them (:func:`autoliver.training.data.context_indices`).
 
 Mirroring test-time augmentation averages the logits of every combination of flips along
 ``mirror_axes`` (patch axes: 0, 1, 2 = z, y, x for a 3D patch; 0, 1 = y, x for a 2D patch).
@@ -139,7 +141,8 @@ def _pad_to_patch(data: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tenso
 def predict_logits(network, data, patch_size: Sequence[int], *, step_size: float = 0.5,
                    mirror_axes: Sequence[int] | None = None, device: str | torch.device = "cpu",
                    progress: bool = False, out_dtype=torch.float32, batch_size: int | None = None,
-                   sigma_scale: float = SIGMA_SCALE, num_classes: int | None = None, weights_1d=None):
+                   sigma_scale: float = SIGMA_SCALE, num_classes: int | None = None, weights_1d=None,
+                   context_slices: int = 0, context_channels: int | None = None):
     """Gaussian-weighted sliding-window logits of one case.
 
     network: in eval mode, maps (B, C, *patch) to (B, K, *patch) logits (a 3D patch (z, y, x) or a
@@ -153,6 +156,9 @@ def predict_logits(network, data, patch_size: Sequence[int], *, step_size: float
         voxels, at most 64 3D tiles; results do not depend on it).
     weights_1d: patch length → 1D tile weights along that axis (default: :func:`gaussian_1d`);
         models trained elsewhere may bring their own (nnU-Net's map is centred on ``patch // 2``).
+    context_slices: 2D only: the network takes each slice with this many neighbours on each side
+        (2.5D), for the first ``context_channels`` channels (default: all; the rest, e.g. a liver
+        mask, as the slice alone).
 
     Returns (K, z, y, x) logits: a NumPy array for NumPy input, a CPU torch tensor for tensor input.
     """
@@ -166,12 +172,15 @@ def predict_logits(network, data, patch_size: Sequence[int], *, step_size: float
     tensor = tensor.float()
     flips = _mirror_combinations(mirror_axes, len(patch))
     weight_fn = weights_1d or (lambda p: gaussian_1d(p, sigma_scale))
+    if context_slices and len(patch) != 2:
+        raise ValueError(f"predict_logits: context_slices is for 2D patches, got patch {patch}")
     if len(patch) == 3:
         out = _slide_3d(network, tensor, patch, step_size, flips, device, progress, out_dtype, weight_fn, num_classes,
                         batch_size)
     else:
         out = _slide_2d(network, tensor, patch, step_size, flips, device, progress, out_dtype, weight_fn,
-                        batch_size, num_classes)
+                        batch_size, num_classes, int(context_slices),
+                        tensor.shape[0] if context_channels is None else int(context_channels))
     return out if was_tensor else out.numpy()
 
 
@@ -235,8 +244,22 @@ def _slide_3d(network, data, patch, step_size, flips, device, show, out_dtype, w
     return out[(slice(None), *crop)].contiguous() if any(c != slice(None) for c in crop) else out
 
 
-def _slide_2d(network, data, patch, step_size, flips, device, show, out_dtype, weight_fn, batch_size, num_classes):
-    c, z = data.shape[0], data.shape[1]
+def context_slab(data: torch.Tensor, b0: int, b1: int, context: int, channels: int) -> torch.Tensor:
+    """Slices [b0, b1) of (C, z, Y, X) as a (B, C', Y, X) batch: the first ``channels`` channels with
+    ``context`` neighbours on each side (channel-major, the nearest slice beyond the ends), the rest alone."""
+    if not context:
+        return data[:, b0:b1].transpose(0, 1)
+    z = data.shape[1]
+    window = torch.arange(-context, context + 1)
+    idx = torch.clamp(torch.arange(b0, b1)[:, None] + window[None], 0, z - 1)  # (B, 2k + 1)
+    stacked = data[:channels][:, idx]  # (channels, B, 2k + 1, Y, X)
+    stacked = stacked.transpose(0, 1).reshape(b1 - b0, channels * (2 * context + 1), *data.shape[2:])
+    return torch.cat((stacked, data[channels:, b0:b1].transpose(0, 1)), dim=1)
+
+
+def _slide_2d(network, data, patch, step_size, flips, device, show, out_dtype, weight_fn, batch_size, num_classes,
+              context=0, context_channels=0):
+    c, z = data.shape[0] + 2 * context * context_channels, data.shape[1]
     padded, crop = _pad_to_patch(data, patch)  # pads y, x only
     shape_yx = tuple(padded.shape[2:])
     py, px = patch
@@ -251,7 +274,7 @@ def _slide_2d(network, data, patch, step_size, flips, device, show, out_dtype, w
     bar = progress_bar(show, tiles_total)
     for b0 in range(0, z, batch_size):
         b1 = min(z, b0 + batch_size)
-        slab = padded[:, b0:b1].transpose(0, 1)  # (B, C, Y, X)
+        slab = context_slab(padded, b0, b1, context, context_channels)  # (B, C', Y, X)
         acc = None
         for y0 in starts[0]:
             for x0 in starts[1]:

@@ -96,6 +96,9 @@ class Configuration:
     # margin (training: the reference liver; prediction: ``previous_stage``'s), and the liver mask is
     # one extra input channel. 0: the body crop, as every other configuration.
     roi_margin_mm: float = 0.0
+    # 2D configurations (> 0, "2.5D"): each slice is seen with this many neighbouring slices on each
+    # side as extra channels of every image channel (the liver mask of a lesion stage: the slice alone).
+    context_slices: int = 0
     recipe: str = ""  # the training recipe the planner chose from the data ("" = default)
     estimated_memory_bytes: int = 0
     estimated_seconds_per_iteration: float = 0.0

@@ -24,7 +24,11 @@ reference as one extra channel, made to look like a first stage's (:func:`pertur
 dilated or eroded, notched, sometimes dropped), so the network learns to use a first stage's
 imperfect liver, not to copy it.
 
-2D configurations (patch (y, x)) sample one slice per sample. The cascade adds the previous
+2D configurations (patch (y, x)) sample one slice per sample; with ``context_slices`` k > 0 (2.5D)
+the k slices on each side come with it as extra channels (channel-major: every slice of channel 0,
+then of channel 1; beyond the first and last slice the nearest slice is repeated, as prediction
+does), augmented together: one spatial transform for all of them, and the intensity augmentations
+drawn once per sample instead of per channel, so the neighbours stay the same scan. The cascade adds the previous
 stage's prediction as one-hot channels (one per foreground class) after the spatial transform
 (nearest-neighbour, like the labels) and, with some probability, dilates or erodes it so the
 network learns not to copy it blindly.
@@ -76,6 +80,11 @@ def read_region(array, start, size, fill=0) -> np.ndarray:
     return out
 
 
+def context_indices(z: int, context: int, slices: int) -> np.ndarray:
+    """The slices z - context .. z + context of a 2.5D sample, the nearest slice beyond the ends."""
+    return np.clip(np.arange(z - context, z + context + 1), 0, slices - 1)
+
+
 class PatchBatches(torch.utils.data.Dataset):
     """Index ``i`` → batch ``{"data": (B, C, *patch) float32, "target": (B, 1, *patch) int8, "index": i}``.
 
@@ -88,12 +97,15 @@ class PatchBatches(torch.utils.data.Dataset):
     def __init__(self, folder: str | os.PathLike, cases: list[str], patch_size, batch_size: int, num_classes: int, *,
                  augmentation: Augmentation | None, oversample_foreground: float = 1 / 3, seed: int = 0,
                  rank: int = 0, previous_stage: str | os.PathLike | None = None, oversample_lesions: float = 0.0,
-                 liver_channel: bool = False):
+                 liver_channel: bool = False, context_slices: int = 0):
         if not cases:
             raise UserError(f"{folder}: no cases to train on")
         self.folder, self.cases = Path(folder), list(cases)
         self.patch = tuple(int(p) for p in patch_size)
         self.dims = len(self.patch)
+        self.context = int(context_slices)
+        if self.context and self.dims != 2:
+            raise ValueError(f"context_slices is for 2D patches, got patch {self.patch}")
         self.batch_size, self.num_classes = int(batch_size), int(num_classes)
         self.aug = augmentation if augmentation is not None and augmentation.enabled else None
         self.oversample = float(oversample_foreground)
@@ -114,7 +126,8 @@ class PatchBatches(torch.utils.data.Dataset):
                                 "Train all five folds of the previous stage first (their validation writes them).")
         self.lesion_cases = [i for i, les in enumerate(self.lesions) if les]
         self.anisotropic = is_anisotropic(self.patch)
-        self.transforms = _intensity_transforms(self.aug, self.dims, self.anisotropic) if self.aug else None
+        self.transforms = (_intensity_transforms(self.aug, self.dims, self.anisotropic, joint=self.context > 0)
+                           if self.aug else None)
         self._handles: dict = {}
 
     def __getstate__(self):  # open file handles stay in the process that opened them
@@ -215,17 +228,17 @@ class PatchBatches(torch.utils.data.Dataset):
             z = None
             start = self._start(shape, loc, rng)
         coords = self._spatial_coords(start) if self.aug else None
-        sources = [(image, 0.0, self.aug.order_data if self.aug else 0), (seg, 0, 0)]
+        sources = [(image, 0.0, self.aug.order_data if self.aug else 0, self.context), (seg, 0, 0, 0)]
         if prev is not None:
-            sources.append((prev, 0, 0))
+            sources.append((prev, 0, 0, 0))
         out = []
-        for array, fill, order in sources:
+        for array, fill, order, context in sources:
             if coords is None:
-                region = self._read(array, z, start, self.patch, fill)
+                region = self._read(array, z, start, self.patch, fill, context)
             else:
                 lo = np.floor(coords.reshape(self.dims, -1).min(1)).astype(int) - 1
                 hi = np.ceil(coords.reshape(self.dims, -1).max(1)).astype(int) + 2
-                region = self._read(array, z, tuple(lo), tuple(hi - lo), fill)
+                region = self._read(array, z, tuple(lo), tuple(hi - lo), fill, context)
                 local = coords - lo.reshape(-1, *([1] * self.dims))
                 region = np.stack([ndimage.map_coordinates(c.astype(np.float32, copy=False), local, order=order,
                                                            mode="constant", cval=fill, prefilter=order > 1)
@@ -236,10 +249,14 @@ class PatchBatches(torch.utils.data.Dataset):
         labels[labels < 0] = 0  # -1 marks voxels outside the body crop: background for the loss
         return data, labels
 
-    def _read(self, array, z, start, size, fill):
+    def _read(self, array, z, start, size, fill, context=0):
         if z is None:
             return read_region(array, start, size, fill)
-        return read_region(array, (z, *start), (1, *size), fill)[:, 0]
+        if not context:
+            return read_region(array, (z, *start), (1, *size), fill)[:, 0]
+        lo, hi = max(0, z - context), min(array.shape[1] - 1, z + context)
+        block = read_region(array, (lo, *start), (hi - lo + 1, *size), fill)  # (C, slices, *size)
+        return block[:, context_indices(z, context, array.shape[1]) - lo].reshape(-1, *size)
 
     def _start(self, shape, loc, rng) -> tuple[int, ...]:
         """Patch start per axis; a patch larger than the case is centred (nnU-Net's padding rule)."""
@@ -290,8 +307,11 @@ class PatchBatches(torch.utils.data.Dataset):
         return coords
 
 
-def _intensity_transforms(a: Augmentation, dims: int, anisotropic: bool):
-    """nnU-Net's intensity augmentation and mirroring, as batchgenerators transforms."""
+def _intensity_transforms(a: Augmentation, dims: int, anisotropic: bool, joint: bool = False):
+    """nnU-Net's intensity augmentation and mirroring, as batchgenerators transforms.
+
+    joint: draw each augmentation once per sample for all channels (2.5D: the channels are
+    neighbouring slices of one scan) instead of per channel (nnU-Net's way for modalities)."""
     from batchgenerators.transforms.abstract_transforms import Compose
     from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
                                                              ContrastAugmentationTransform, GammaTransform)
@@ -301,16 +321,19 @@ def _intensity_transforms(a: Augmentation, dims: int, anisotropic: bool):
 
     ts = [
         GaussianNoiseTransform(noise_variance=tuple(a.noise_variance), p_per_sample=a.p_noise),
-        GaussianBlurTransform(tuple(a.blur_sigma), different_sigma_per_channel=True, p_per_sample=a.p_blur,
-                              p_per_channel=0.5),
-        BrightnessMultiplicativeTransform(multiplier_range=tuple(a.brightness_range), p_per_sample=a.p_brightness),
-        ContrastAugmentationTransform(contrast_range=tuple(a.contrast_range), p_per_sample=a.p_contrast),
-        SimulateLowResolutionTransform(zoom_range=tuple(a.low_resolution_zoom), per_channel=True, p_per_channel=0.5,
+        GaussianBlurTransform(tuple(a.blur_sigma), different_sigma_per_channel=not joint, p_per_sample=a.p_blur,
+                              p_per_channel=1.0 if joint else 0.5),
+        BrightnessMultiplicativeTransform(multiplier_range=tuple(a.brightness_range), per_channel=not joint,
+                                          p_per_sample=a.p_brightness),
+        ContrastAugmentationTransform(contrast_range=tuple(a.contrast_range), per_channel=not joint,
+                                      p_per_sample=a.p_contrast),
+        SimulateLowResolutionTransform(zoom_range=tuple(a.low_resolution_zoom), per_channel=not joint,
+                                       p_per_channel=1.0 if joint else 0.5,
                                        order_downsample=0, order_upsample=3, p_per_sample=a.p_low_resolution,
                                        ignore_axes=(0,) if anisotropic else None),
-        GammaTransform(tuple(a.gamma_range), invert_image=True, per_channel=True, retain_stats=True,
+        GammaTransform(tuple(a.gamma_range), invert_image=True, per_channel=not joint, retain_stats=True,
                        p_per_sample=a.p_gamma_inverted),
-        GammaTransform(tuple(a.gamma_range), invert_image=False, per_channel=True, retain_stats=True,
+        GammaTransform(tuple(a.gamma_range), invert_image=False, per_channel=not joint, retain_stats=True,
                        p_per_sample=a.p_gamma),
     ]
     if a.mirror:

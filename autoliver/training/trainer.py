@@ -150,10 +150,10 @@ def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
 
 
 def expected_in_channels(architecture: str, image_channels: int, num_classes: int, cascade: bool,
-                         liver_roi: bool = False) -> int:
+                         liver_roi: bool = False, context_slices: int = 0) -> int:
     if architecture == "convlstm_unet":
         return image_channels  # one phase per channel
-    return image_channels + (num_classes - 1 if cascade else 0) + (1 if liver_roi else 0)
+    return image_channels * (2 * context_slices + 1) + (num_classes - 1 if cascade else 0) + (1 if liver_roi else 0)
 
 
 def train_step(model, loss_fn, optimizer, scaler, x, y, grad_clip_norm: float, amp_dtype=None) -> tuple[torch.Tensor, bool]:
@@ -219,9 +219,12 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
         previous_stage = (model_folder(run.results_dir, config.previous_stage, recipe.name)
                           / "predicted_next_stage" / config.name)
     image_channels = storage.open_case(folder, cases[0]).image.shape[0]
-    want = expected_in_channels(spec.architecture, image_channels, spec.num_classes, bool(previous_stage), liver_roi)
+    want = expected_in_channels(spec.architecture, image_channels, spec.num_classes, bool(previous_stage), liver_roi,
+                                config.context_slices)
     if spec.in_channels != want:
         extra = " + one-hot previous stage" if previous_stage else " + liver mask" if liver_roi else ""
+        if config.context_slices:
+            extra = f" × {2 * config.context_slices + 1} slices{extra}"
         raise UserError(f"plan {config.name}: network.in_channels must be {want} (image channels {image_channels}"
                         f"{extra}), got {spec.in_channels}. Re-plan.")
 
@@ -296,7 +299,7 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
     workers = run.num_workers if run.num_workers is not None else default_num_workers(ctx.world_size)
     sampler = dict(batch_size=batch_size, num_classes=spec.num_classes, rank=ctx.rank, previous_stage=previous_stage,
                    oversample_foreground=recipe.oversample_foreground, oversample_lesions=recipe.oversample_lesions,
-                   liver_channel=liver_roi)
+                   liver_channel=liver_roi, context_slices=config.context_slices)
     train_data = PatchBatches(folder, train_cases, config.patch_size, augmentation=recipe.augmentation, seed=SEED,
                               **sampler)
     val_data = PatchBatches(folder, val_cases, config.patch_size, augmentation=None, seed=SEED + 1, **sampler)

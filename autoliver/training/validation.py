@@ -183,7 +183,8 @@ def validate(network, plan: Plan, config: Configuration, folder: Path, cases: li
     for case in (progress.bar(cases, desc="validation", unit="case", leave=False) if show_progress else cases):
         image, seg, props = network_input(folder, case, num_classes, previous_stage, config, first_stage)
         logits = predict_logits(network, torch.from_numpy(image), config.patch_size, step_size=STEP_SIZE,
-                                mirror_axes=mirror_axes, device=device)
+                                mirror_axes=mirror_axes, device=device, context_slices=config.context_slices,
+                                context_channels=len(config.normalization))
         probabilities = torch.softmax(logits.float(), dim=0)
         pred = probabilities.argmax(0).numpy()
         ref = np.maximum(seg[0], 0)
