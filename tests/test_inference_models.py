@@ -304,3 +304,27 @@ def test_onnx_export_matches_torch(zoo, tmp_path):
     assert json.loads(meta["autoliver.model"]) == {"dataset": plan.dataset_name, "configuration": "3d_fullres",
                                                    "fold": "0", "checkpoint": "final", "recipe": "default"}
     assert "softmax over axis 1" in meta["output"]
+    assert meta["context_slices"] == "0" and "2.5D" not in meta["input"]
+
+
+def test_onnx_metadata_of_a_2_5d_network_says_how_its_channels_are_stacked(zoo):
+    """A runtime without autoliver must stack the neighbouring slices exactly as prediction does."""
+    from dataclasses import replace
+
+    from autoliver.inference.export import onnx_metadata
+    from autoliver.inference.sliding_window import context_slab
+    from autoliver.training.checkpoint import load_trained_model
+    from autoliver.training.recipes import get_recipe
+
+    _, plan, config = load_trained_model(zoo / "2d" / "fold_0")
+    meta = onnx_metadata(plan, replace(config, context_slices=2), get_recipe("default"), "2d", "0", "final")
+    assert meta["context_slices"] == "2"
+    assert "the first 1 image channel(s) × 5 slices of C" in meta["input"] and "input channel c*5 + d + 2" in meta["input"]
+    # the formula is the one prediction uses: two image channels, slices numbered, both ends clamped
+    z = 6
+    data = torch.stack([torch.arange(z, dtype=torch.float32) + 100 * c for c in range(2)])[:, :, None, None]
+    batch = context_slab(data.expand(2, z, 3, 3).contiguous(), 0, z, 2, 2)
+    for s in range(z):
+        for c in range(2):
+            for d in range(-2, 3):
+                assert batch[s, c * 5 + d + 2, 0, 0] == 100 * c + min(max(s + d, 0), z - 1)

@@ -182,13 +182,18 @@ def onnx_metadata(plan, config, recipe, configuration: str, fold: str, checkpoin
 
     kind = ("log-probabilities of nested regions (sigmoid outputs: liver = labels >= 1, tumour = label 2)"
             if recipe.region else "logits of the classes (softmax over axis 1; argmax gives the label)")
+    k = config.context_slices
+    context = (f"; 2.5D: the first {len(plan.channel_names)} image channel(s) × {2 * k + 1} slices of C: slice z "
+               f"with its neighbours z-{k}..z+{k} (the nearest slice repeated past the first and last), image "
+               f"channel c at slice z+d as input channel c*{2 * k + 1} + d + {k}") if k else ""
     return {
         "autoliver.version": __version__,
         "autoliver.model": json.dumps({"dataset": plan.dataset_name, "configuration": configuration, "fold": fold,
                                        "checkpoint": checkpoint, "recipe": recipe.name}),
         "input": ("float32 (1, C, z, y, x) for a 3D network, (1, C, y, x) for a 2D one: the scan resampled to "
                   "spacing_zyx_mm and normalised per channel as 'normalization'; any spatial size divisible by "
-                  "the network's total stride; slide a window of patch_size over larger scans"),
+                  "the network's total stride; slide a window of patch_size over larger scans" + context),
+        "context_slices": str(k),
         "output": f"float32 (1, K, ...) {kind}",
         "spacing_zyx_mm": json.dumps(list(config.spacing_zyx_mm)),
         "patch_size": json.dumps(list(config.patch_size)),
