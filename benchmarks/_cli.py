@@ -1,6 +1,7 @@
 """What the accuracy benchmarks share: their working folder and running the CLI in its own process."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,3 +29,14 @@ def run_autoliver(root: Path, *args: str) -> float:
     if r.returncode:
         raise RuntimeError(f"autoliver {' '.join(args)} failed ({r.returncode})")
     return seconds
+
+
+def context_preset(root: Path, context: int) -> tuple[str, Path]:
+    """(name, file) of the cpu preset with 2.5D context (``context_slices_2d``) for the 2D configurations."""
+    from autoliver.resources import resource_dir
+
+    name = f"cpu_context{context}"
+    keys = json.loads((resource_dir("planners") / "cpu.json").read_text())
+    path = root / f"{name}.json"
+    path.write_text(json.dumps({**keys, "name": name, "context_slices_2d": context}, indent=2))
+    return name, path

@@ -47,7 +47,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cli import bench_root, run_autoliver  # noqa: E402
+from _cli import bench_root, context_preset, run_autoliver  # noqa: E402
 
 DATASET = "Dataset970_AccuracyCT"
 CASES, TEST_CASES, SEED, SHAPE = 40, 10, 11, ("100", "512", "512")
@@ -98,12 +98,7 @@ def preset(root: Path, context: int = 0) -> tuple[str, str]:
     """(name, --preset argument): the cpu preset, or the cpu preset with 2.5D context as a file."""
     if not context:
         return "cpu", "cpu"
-    from autoliver.resources import resource_dir
-
-    name = f"cpu_context{context}"
-    keys = json.loads((resource_dir("planners") / "cpu.json").read_text())
-    path = root / f"{name}.json"
-    path.write_text(json.dumps({**keys, "name": name, "context_slices_2d": context}, indent=2))
+    name, path = context_preset(root, context)
     return name, str(path)
 
 

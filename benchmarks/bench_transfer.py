@@ -49,7 +49,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cli import bench_root, run_autoliver  # noqa: E402
+from _cli import bench_root, context_preset, run_autoliver  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL = {  # case → (image, label, who labelled it)
@@ -117,20 +117,10 @@ def predict(root: Path, model: Path, images: Path, out: Path) -> None:
     run_autoliver(root, "predict", "-m", str(model), "-i", str(images), "-o", str(out), "-f", "all")
 
 
-def context_preset(root: Path) -> Path:
-    """The cpu preset with 2.5D context for the 2D configurations, as a preset file."""
-    from autoliver.resources import resource_dir
-
-    keys = json.loads((resource_dir("planners") / "cpu.json").read_text())
-    path = root / f"cpu_context{CONTEXT}.json"
-    path.write_text(json.dumps({**keys, "name": f"cpu_context{CONTEXT}", "context_slices_2d": CONTEXT}, indent=2))
-    return path
-
-
 def transfer_row(root: Path, name: str) -> dict:
     work = root / name
     minutes, cases = BUDGETS.get(name, (MINUTES, CASES))
-    demo_args = [str(context_preset(root)) if a == "CONTEXT_PRESET" else a for a in ROWS[name]]
+    demo_args = [str(context_preset(root, CONTEXT)[1]) if a == "CONTEXT_PRESET" else a for a in ROWS[name]]
     run_autoliver(root, "demo", "--workdir", str(work), "--train-cases", str(cases), "--shape", *SHAPE,
                   "--train-minutes", f"{minutes:g}", *demo_args)
     model = work / "results" / DEMO_DATASET

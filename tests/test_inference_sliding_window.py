@@ -149,7 +149,7 @@ def test_context_slices_feed_each_slice_with_its_neighbours_as_training_does(bat
     """2.5D: slice i goes in as (i-k .. i+k of the context channels, nearest slice beyond the ends,
     channel-major) followed by the other channels of slice i alone: the order training's sampler
     stacks them in (``context_indices``)."""
-    from autoliver.training.data import context_indices
+    from autoliver.inference.sliding_window import context_indices
 
     z, k = 7, 2
     rng = np.random.default_rng(2)

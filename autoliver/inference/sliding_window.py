@@ -18,7 +18,7 @@ Two properties keep memory bounded on scans of any size:
 2D networks (patch (y, x)) slide over the slices: several slices go through the network as one
 batch, and each slab of slices is finished before the next. A 2.5D network (``context_slices`` k)
 gets each slice with its k neighbours on each side as channels, stacked slab by slab as training
-stacked them (:func:`autoliver.training.data.context_indices`).
+stacked them (:func:`context_indices`).
 
 Mirroring test-time augmentation averages the logits of every combination of flips along
 ``mirror_axes`` (patch axes: 0, 1, 2 = z, y, x for a 3D patch; 0, 1 = y, x for a 2D patch).
@@ -244,14 +244,18 @@ def _slide_3d(network, data, patch, step_size, flips, device, show, out_dtype, w
     return out[(slice(None), *crop)].contiguous() if any(c != slice(None) for c in crop) else out
 
 
+def context_indices(z, context: int, slices: int) -> np.ndarray:
+    """The slices z - context .. z + context of a 2.5D input (for each z of an array: one row each),
+    the nearest slice beyond the first and last; training and prediction both stack by it."""
+    return np.clip(np.asarray(z)[..., None] + np.arange(-context, context + 1), 0, slices - 1)
+
+
 def context_slab(data: torch.Tensor, b0: int, b1: int, context: int, channels: int) -> torch.Tensor:
     """Slices [b0, b1) of (C, z, Y, X) as a (B, C', Y, X) batch: the first ``channels`` channels with
     ``context`` neighbours on each side (channel-major, the nearest slice beyond the ends), the rest alone."""
     if not context:
         return data[:, b0:b1].transpose(0, 1)
-    z = data.shape[1]
-    window = torch.arange(-context, context + 1)
-    idx = torch.clamp(torch.arange(b0, b1)[:, None] + window[None], 0, z - 1)  # (B, 2k + 1)
+    idx = torch.from_numpy(context_indices(np.arange(b0, b1), context, data.shape[1]))  # (B, 2k + 1)
     stacked = data[:channels][:, idx]  # (channels, B, 2k + 1, Y, X)
     stacked = stacked.transpose(0, 1).reshape(b1 - b0, channels * (2 * context + 1), *data.shape[2:])
     return torch.cat((stacked, data[channels:, b0:b1].transpose(0, 1)), dim=1)

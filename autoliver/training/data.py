@@ -46,6 +46,7 @@ import torch
 from scipy import ndimage
 
 from autoliver.errors import UserError
+from autoliver.inference.sliding_window import context_indices
 from autoliver.preprocessing import storage
 from autoliver.training.recipes import Augmentation
 
@@ -78,11 +79,6 @@ def read_region(array, start, size, fill=0) -> np.ndarray:
         dst.append(slice(lo - s, hi - s))
     out[tuple(dst)] = array[tuple(src)]
     return out
-
-
-def context_indices(z: int, context: int, slices: int) -> np.ndarray:
-    """The slices z - context .. z + context of a 2.5D sample, the nearest slice beyond the ends."""
-    return np.clip(np.arange(z - context, z + context + 1), 0, slices - 1)
 
 
 class PatchBatches(torch.utils.data.Dataset):
