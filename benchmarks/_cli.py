@@ -31,12 +31,13 @@ def run_autoliver(root: Path, *args: str) -> float:
     return seconds
 
 
-def context_preset(root: Path, context: int) -> tuple[str, Path]:
-    """(name, file) of the cpu preset with 2.5D context (``context_slices_2d``) for the 2D configurations."""
+def context_preset(root: Path, context: int, key: str = "context_slices_2d") -> tuple[str, Path]:
+    """(name, file) of the cpu preset with 2.5D context ``key`` (``context_slices_2d``: the whole-image
+    ``2d``; ``context_slices_2d_liver_roi``: the lesion stage) set to ``context`` slices per side."""
     from autoliver.resources import resource_dir
 
-    name = f"cpu_context{context}"
+    name = f"cpu_{key.removeprefix('context_slices_')}_context{context}"
     keys = json.loads((resource_dir("planners") / "cpu.json").read_text())
     path = root / f"{name}.json"
-    path.write_text(json.dumps({**keys, "name": name, "context_slices_2d": context}, indent=2))
+    path.write_text(json.dumps({**keys, "name": name, key: context}, indent=2))
     return name, path

@@ -16,7 +16,7 @@ Rows (``AUTOLIVER_BENCH_ROWS``, comma-separated, default all of them):
 * ``cascade``: ``3d_fullres`` (cpu preset) for a third of the minutes finds the liver, then the
   liver-ROI lesion stage (``AUTOLIVER_BENCH_ROI``, default ``2d_liver_roi``) for the rest; with
   ``AUTOLIVER_BENCH_CONTEXT`` k > 0 the cpu preset plans the 2D stage with 2.5D context
-  (``context_slices_2d`` k). The row is saved as ``cascade``, or ``cascade_{ROI}`` /
+  (``context_slices_2d_liver_roi`` k). The row is saved as ``cascade``, or ``cascade_{ROI}`` /
   ``cascade_{ROI}_context{k}`` for the others;
 * ``before``: ``3d_fullres`` alone for all the minutes (autoliver before the lesion stage);
 * ``nnunet_default``: nnU-Net v2's own plan (3d_fullres), epochs cut to the same minutes;
@@ -98,7 +98,7 @@ def preset(root: Path, context: int = 0) -> tuple[str, str]:
     """(name, --preset argument): the cpu preset, or the cpu preset with 2.5D context as a file."""
     if not context:
         return "cpu", "cpu"
-    name, path = context_preset(root, context)
+    name, path = context_preset(root, context, "context_slices_2d_liver_roi")
     return name, str(path)
 
 

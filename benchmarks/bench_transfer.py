@@ -14,12 +14,15 @@ Rows (``AUTOLIVER_TRANSFER_ROWS``, comma-separated, default all):
 * ``demo_v2``: the same settings on generator version 2 (``make_synthetic --randomize 2``);
 * ``demo_v2_3d``: the same with ``3d_fullres`` instead of the configuration the demo picks (``2d``
   on these phantoms), for the 3D context that tells a liver from bowel and bladder;
-* ``demo_v3``: generator version 3 (version 2 with a pelvis and walled bowel loops), the demo's budget;
+* ``demo_v3``: generator version 3 (version 2 with a pelvis and walled bowel loops), the demo's budget
+  and preset (the cpu preset: since its ``2d`` took 2.5D context, the same settings as
+  ``demo_v3_context`` with its default k);
 * ``demo_v3_long``: version 3 with a larger budget: ``AUTOLIVER_TRANSFER_LONG_MINUTES`` (default 30)
   minutes on ``AUTOLIVER_TRANSFER_LONG_CASES`` (default 60) phantoms;
 * ``demo_v3_context``: ``demo_v3`` with 2.5D context: the cpu preset with ``context_slices_2d``
   ``AUTOLIVER_TRANSFER_CONTEXT`` (default 2), so the ``2d`` network sees each slice with its
   neighbours (a bladder or a bowel loop is told from the liver by how it continues across slices);
+  ``AUTOLIVER_TRANSFER_CONTEXT=0`` makes it the single-slice control;
 * ``finetune``: leave-one-out over the real CTs: train on the other two for
   ``AUTOLIVER_FINETUNE_MINUTES`` (default 5), from scratch (their own CPU plan) or fine-tuned from
   the ``demo_v2`` model (``plan --plans-from`` and ``train --pretrained``), and score the third.

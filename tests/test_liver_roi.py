@@ -172,10 +172,11 @@ def test_planner_plans_the_lesion_stage_from_the_liver_box():
 
 
 def test_context_slices_widen_the_2d_input_only():
-    """context_slices_2d k: the 2D configurations take 2k + 1 slices per image channel (the lesion
-    stage its liver mask besides), the plan says so; 3D configurations are unchanged."""
-    base = load_preset("cpu")
-    wide = replace(base, context_slices_2d=2)
+    """context_slices_2d / context_slices_2d_liver_roi k: each 2D configuration takes 2k + 1 slices
+    per image channel (the lesion stage its liver mask besides), each from its own key, the plan says
+    so; 3D configurations are unchanged."""
+    base = replace(load_preset("cpu"), context_slices_2d=0)
+    wide = replace(base, context_slices_2d=2, context_slices_2d_liver_roi=2)
     plain = plan_experiment(_fingerprint(0.5), base, Budget("cpu", 16 * 2**30, SPEED))
     plan = plan_experiment(_fingerprint(0.5), wide, Budget("cpu", 16 * 2**30, SPEED))
     two, roi = plan.configurations["2d"], plan.configurations["2d_liver_roi"]
@@ -186,6 +187,16 @@ def test_context_slices_widen_the_2d_input_only():
     for name in ("3d_fullres", "3d_liver_roi"):
         assert plan.configurations[name] == plain.configurations[name]
     assert plain.configurations["2d"].context_slices == 0 and "context_slices" not in plain.configurations["2d"].reasons
+    whole_only = plan_experiment(_fingerprint(0.5), replace(base, context_slices_2d=1), Budget("cpu", 16 * 2**30, SPEED))
+    assert whole_only.configurations["2d"].context_slices == 1
+    assert whole_only.configurations["2d_liver_roi"] == plain.configurations["2d_liver_roi"]
+    assert "context_slices_2d)" in whole_only.configurations["2d"].reasons["context_slices"]
+
+
+def test_the_cpu_preset_gives_the_whole_image_2d_network_context_and_the_lesion_stage_one_slice():
+    plan = plan_experiment(_fingerprint(0.5), load_preset("cpu"), Budget("cpu", 16 * 2**30, SPEED))
+    assert plan.configurations["2d"].context_slices == 2 and plan.configurations["2d"].network.in_channels == 5
+    assert plan.configurations["2d_liver_roi"].context_slices == 0
 
 
 def test_planner_skips_the_lesion_stage_when_the_liver_fills_the_body():
@@ -246,6 +257,7 @@ def test_context_slices_through_the_cli(autoliver_dirs, tmp_path):
 
     keys = json.loads((preset_dir() / "cpu.json").read_text())
     preset.write_text(json.dumps({**keys, "name": "cpu_context", "context_slices_2d": 2,
+                                  "context_slices_2d_liver_roi": 2,
                                   "liver_roi_max_box_fraction": 1.0}))
     assert main(["make_synthetic", "-d", "Context", "--cases", "4", "--seed", "3", "--shape", "24", "80", "80"]) == 0
     assert main(["plan_and_preprocess", "-d", "1", "--preset", str(preset), "-c", "2d", "2d_liver_roi"]) == 0

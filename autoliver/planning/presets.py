@@ -70,10 +70,12 @@ class PlannerPreset:
     # (cpu preset: 1.5 mm) averages the voxel noise that hides low-contrast lesions at 0.7 mm and
     # sees four times the area per patch.
     liver_roi_min_spacing_mm: float = 0.0
-    # 2D configurations (2d, 2d_liver_roi) see each slice with this many neighbours on each side as
+    # The whole-image 2d configuration sees each slice with this many neighbours on each side as
     # extra input channels (2.5D; 0 = nnU-Net's single slice): context across slices at the cost of
     # the first convolution only, for scans whose 3D patch a CPU cannot afford at full resolution.
+    # The lesion stage 2d_liver_roi has its own key: measured, context helps the one and not the other.
     context_slices_2d: int = 0
+    context_slices_2d_liver_roi: int = 0
     # Training recipe chosen from the fingerprint: datasets whose tumours are small (median lesion
     # diameter ≤ this) or a small share of the liver (≤ lesion_recipe_max_tumour_fraction) are
     # trained with ``lesion_recipe`` (Dice + BCE + focal Tversky, lesion-centred patches).
@@ -142,7 +144,8 @@ def _validate(preset: PlannerPreset, where: str) -> list[str]:
     need(0 <= p.min_patch_coverage_3d < 1, "min_patch_coverage_3d", "in [0, 1)", p.min_patch_coverage_3d)
     need(0 < p.liver_roi_max_box_fraction <= 1, "liver_roi_max_box_fraction", "in (0, 1]", p.liver_roi_max_box_fraction)
     need(p.liver_roi_margin_mm >= 0, "liver_roi_margin_mm", "≥ 0", p.liver_roi_margin_mm)
-    need(0 <= p.context_slices_2d <= 8, "context_slices_2d", "in 0..8", p.context_slices_2d)
+    for key in ("context_slices_2d", "context_slices_2d_liver_roi"):
+        need(0 <= getattr(p, key) <= 8, key, "in 0..8", getattr(p, key))
     need(p.liver_roi_min_spacing_mm >= 0, "liver_roi_min_spacing_mm", "≥ 0", p.liver_roi_min_spacing_mm)
     need(p.lesion_recipe_max_median_diameter_mm >= 0, "lesion_recipe_max_median_diameter_mm", "≥ 0",
          p.lesion_recipe_max_median_diameter_mm)
