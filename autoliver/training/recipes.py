@@ -122,12 +122,11 @@ register(dataclasses.replace(
     DEFAULT, name="dice_bce_focal_tversky", loss={"dice": 0.3, "bce": 0.3, "focal_tversky": 0.4},
     description="0.3 Dice + 0.3 BCE + 0.4 focal Tversky, for small, imbalanced tumours"))
 register(dataclasses.replace(
-    DEFAULT, name="lesion", oversample_foreground=0.2, oversample_lesions=0.4,
-    description="for small, imbalanced tumours: nnU-Net's Dice + CE; 0.4 of the patches are centred on a lesion "
-                "chosen lesion by lesion, so a 5 mm metastasis is drawn as often as a 60 mm one, and 0.2 on a "
-                "foreground class (the planner's choice for lesion stages of datasets with small or few "
-                "tumours: a liver-ROI patch always holds liver, so nnU-Net's forced-foreground third rarely "
-                "shows it a small lesion)"))
+    DEFAULT, name="lesion", oversample_foreground=0.2, oversample_lesions=0.15,
+    description="for small, imbalanced tumours: nnU-Net's Dice + CE and its third of forced patches, of which 0.15 "
+                "(of all patches) are centred on a lesion chosen lesion by lesion, so a 5 mm metastasis is drawn "
+                "as often as a 60 mm one (the planner's choice for lesion stages of datasets with small or few "
+                "tumours)"))
 register(dataclasses.replace(
     DEFAULT, name="dice_focal", loss={"dice": 0.8, "focal": 0.2}, description="0.8 Dice + 0.2 focal"))
 register(dataclasses.replace(
