@@ -278,7 +278,8 @@ def test_context_slices_through_the_cli(autoliver_dirs, tmp_path):
 
 
 def test_perturbed_liver_masks_look_like_a_first_stage():
-    """Coarsened, dilated / eroded, notched or dropped at the configured rates; never a copy when p = 1."""
+    """Coarsened, dilated / eroded, notched, spilt over or dropped at the configured rates; never a
+    copy when p = 1; spills claim tissue farther out than any dilation (a first stage's overreach)."""
     from autoliver.training.data import perturb_liver
 
     mask = np.zeros((8, 64, 64), bool)
@@ -286,8 +287,15 @@ def test_perturbed_liver_masks_look_like_a_first_stage():
     rng = np.random.default_rng(0)
     dropped = [not perturb_liver(mask, rng, 0.0, 0.25).any() for _ in range(400)]
     assert 0.2 < np.mean(dropped) < 0.3
-    for _ in range(20):
+    from scipy import ndimage
+
+    outside = ndimage.distance_transform_edt(~mask)
+    reach = []
+    for _ in range(40):
         m = perturb_liver(mask, rng, 1.0, 0.0)
         assert m.shape == mask.shape and not np.array_equal(m, mask)
         assert 2 * (m & mask).sum() / (m.sum() + mask.sum()) > 0.6  # still the liver, roughly
+        reach.append(outside[m].max())
+    assert max(reach) > 8 and np.mean(np.array(reach) > 5) > 0.5  # dilation alone reaches 4 voxels
+    assert max(outside[perturb_liver(mask, rng, 0.0, 0.0)]) == 0
     np.testing.assert_array_equal(perturb_liver(mask, rng, 0.0, 0.0), mask)

@@ -21,8 +21,8 @@ it (``lesion_locations``) — so a 5 mm metastasis is drawn as often as a 60 mm 
 
 A liver-ROI lesion stage (``liver_channel``) gets the liver mask (every labelled voxel) of its own
 reference as one extra channel, made to look like a first stage's (:func:`perturb_liver`: coarsened,
-dilated or eroded, notched, sometimes dropped), so the network learns to use a first stage's
-imperfect liver, not to copy it.
+dilated or eroded, notched, spilt over into a neighbour, sometimes dropped), so the network learns
+to use a first stage's imperfect liver, not to copy it.
 
 2D configurations (patch (y, x)) sample one slice per sample; with ``context_slices`` k > 0 (2.5D)
 the k slices on each side come with it as extra channels (channel-major: every slice of channel 0,
@@ -360,8 +360,11 @@ def perturb_liver(mask: np.ndarray, rng: np.random.Generator, p: float, p_dropou
     hint, not to copy it (trained on exact masks, it copies them: its tumours vanish wherever a
     first stage's mask has a hole or a notch). Each with probability ``p``: coarsened (in-plane
     2-5× coarser and back, thresholded at a random level: the blocky edge of a first stage on a
-    coarse grid), dilated or eroded in-plane by 1-4 voxels, and notched by 1-3 balls of 2-12 voxels (a
-    missed lesion at the edge); with ``p_dropout`` all zero."""
+    coarse grid), dilated or eroded in-plane by 1-4 voxels, notched by 1-3 balls of 2-12 voxels (a
+    missed lesion at the edge), and spilt over by 1-2 balls of 3-16 voxels centred on its edge (a
+    first stage that claims a piece of stomach, bowel, kidney or vessel: the tissue a stage trained
+    without it marks as tumour, darker than liver and inside the mask it was given); with
+    ``p_dropout`` all zero."""
     if rng.random() < p_dropout:
         return np.zeros_like(mask, dtype=bool)
     m = mask.astype(bool, copy=True)
@@ -390,6 +393,13 @@ def perturb_liver(mask: np.ndarray, rng: np.random.Generator, p: float, p_dropou
             centre = points[int(rng.integers(len(points)))]
             r = float(rng.uniform(2, 12))
             m &= sum((g - c) ** 2 for g, c in zip(grid, centre)) > r * r
+    if rng.random() < p and m.any():
+        edge = np.argwhere(m & ~ndimage.binary_erosion(m))
+        grid = np.indices(m.shape, sparse=True)
+        for _ in range(int(rng.integers(1, 3))):
+            centre = edge[int(rng.integers(len(edge)))]
+            r = float(rng.uniform(3, 16))
+            m |= sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r * r
     return m
 
 
