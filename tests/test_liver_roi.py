@@ -298,4 +298,9 @@ def test_perturbed_liver_masks_look_like_a_first_stage():
         reach.append(outside[m].max())
     assert max(reach) > 8 and np.mean(np.array(reach) > 5) > 0.5  # dilation alone reaches 4 voxels
     assert max(outside[perturb_liver(mask, rng, 0.0, 0.0)]) == 0
+    lesion = np.zeros_like(mask)
+    lesion[2:6, 40:50, 40:50] = True  # at the liver's edge
+    cut = [perturb_liver(mask, rng, 1.0, 0.0, lesion)[lesion].mean() < 0.5 for _ in range(200)]
+    assert 0.4 < np.mean(cut) < 0.8  # each lesion cut with probability p / 2 (the other steps rarely cut half)
+    assert perturb_liver(mask, rng, 0.0, 0.0, lesion)[lesion].all()
     np.testing.assert_array_equal(perturb_liver(mask, rng, 0.0, 0.0), mask)

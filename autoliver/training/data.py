@@ -93,7 +93,7 @@ class PatchBatches(torch.utils.data.Dataset):
     def __init__(self, folder: str | os.PathLike, cases: list[str], patch_size, batch_size: int, num_classes: int, *,
                  augmentation: Augmentation | None, oversample_foreground: float = 1 / 3, seed: int = 0,
                  rank: int = 0, previous_stage: str | os.PathLike | None = None, oversample_lesions: float = 0.0,
-                 liver_channel: bool = False, context_slices: int = 0):
+                 liver_channel: bool = False, context_slices: int = 0, tumour_label: int | None = None):
         if not cases:
             raise UserError(f"{folder}: no cases to train on")
         self.folder, self.cases = Path(folder), list(cases)
@@ -108,6 +108,7 @@ class PatchBatches(torch.utils.data.Dataset):
         self.seed, self.rank = int(seed), int(rank)
         self.previous_stage = Path(previous_stage) if previous_stage else None
         self.oversample_lesions, self.liver_channel = float(oversample_lesions), bool(liver_channel)
+        self.tumour_label = tumour_label  # liver channel: lesions cut out of it in training (perturb_liver)
         self.locations, self.lesions = [], []
         for case in self.cases:
             if not storage.is_complete(self.folder, case):
@@ -195,8 +196,9 @@ class PatchBatches(torch.utils.data.Dataset):
         if self.liver_channel:
             liver = seg[:, 0] > 0
             if self.aug:
-                liver = np.stack([perturb_liver(m, rng, self.aug.p_liver_perturbation, self.aug.p_liver_dropout)
-                                  for m in liver])
+                tumour = seg[:, 0] == self.tumour_label if self.tumour_label else [None] * len(liver)
+                liver = np.stack([perturb_liver(m, rng, self.aug.p_liver_perturbation, self.aug.p_liver_dropout, t)
+                                  for m, t in zip(liver, tumour)])
             x = np.concatenate((x, liver[:, None].astype(np.float32)), axis=1)
         x, target = np.ascontiguousarray(x), np.ascontiguousarray(target)
         # a fingerprint of exactly what was drawn (resume tests compare it), computed here in the
@@ -354,7 +356,8 @@ def _perturb_masks(prev: np.ndarray, p: float, num_classes: int, rng: np.random.
     return prev
 
 
-def perturb_liver(mask: np.ndarray, rng: np.random.Generator, p: float, p_dropout: float) -> np.ndarray:
+def perturb_liver(mask: np.ndarray, rng: np.random.Generator, p: float, p_dropout: float,
+                  lesions: np.ndarray | None = None) -> np.ndarray:
     """A reference liver mask (one patch, 2D or 3D) made to look like what a first stage gives a
     liver-ROI stage, so the stage learns to read the liver from the image and use the mask as a
     hint, not to copy it (trained on exact masks, it copies them: its tumours vanish wherever a
@@ -364,7 +367,9 @@ def perturb_liver(mask: np.ndarray, rng: np.random.Generator, p: float, p_dropou
     missed lesion at the edge), and spilt over by 1-2 balls of 3-16 voxels centred on its edge (a
     first stage that claims a piece of stomach, bowel, kidney or vessel: the tissue a stage trained
     without it marks as tumour, darker than liver and inside the mask it was given); with
-    ``p_dropout`` all zero."""
+    ``lesions`` (the patch's tumour mask) each lesion cut out of the mask with probability p / 2 (a
+    first stage that calls a dark lesion background: the stage must still find it, whatever its
+    size); with ``p_dropout`` all zero."""
     if rng.random() < p_dropout:
         return np.zeros_like(mask, dtype=bool)
     m = mask.astype(bool, copy=True)
@@ -393,6 +398,11 @@ def perturb_liver(mask: np.ndarray, rng: np.random.Generator, p: float, p_dropou
             centre = points[int(rng.integers(len(points)))]
             r = float(rng.uniform(2, 12))
             m &= sum((g - c) ** 2 for g, c in zip(grid, centre)) > r * r
+    if lesions is not None and p > 0 and lesions.any():
+        components, n = ndimage.label(lesions, structure=np.ones((3,) * lesions.ndim, bool))
+        cut = np.flatnonzero(rng.random(n) < p / 2) + 1
+        if len(cut):
+            m &= ~np.isin(components, cut)
     if rng.random() < p and m.any():
         edge = np.argwhere(m & ~ndimage.binary_erosion(m))
         grid = np.indices(m.shape, sparse=True)
