@@ -144,6 +144,7 @@ def score(root: Path, predictions: Path) -> dict:
         return (float(np.mean([r["detected"][rule] for r in rows])) if rows else None), len(rows)
 
     bins = {name: recall(lo, hi) for name, lo, hi in SIZE_BINS}
+    contrast = lesion_contrast(root, ev)
     return {
         "liver_dice": regions["liver"]["dice_per_case"], "tumour_dice_per_case": regions["tumour"]["dice_per_case"],
         "tumour_dice_global": regions["tumour"]["dice_global"],
@@ -151,7 +152,37 @@ def score(root: Path, predictions: Path) -> dict:
         "recall_by_size": {name: r for name, (r, _) in bins.items()},
         "lesions_by_size": {name: n for name, (_, n) in bins.items()},
         "recall_under_10mm": bins["< 10 mm"][0], "recall_10mm_and_up": recall(10.0, float("inf"))[0],
+        "missed_10mm_and_up": [c for c in contrast if not c["detected"] and c["diameter_mm"] >= 10.0],
+        "found_10mm_and_up": [c for c in contrast if c["detected"] and c["diameter_mm"] >= 10.0],
     }
+
+
+def lesion_contrast(root: Path, ev: dict) -> list[dict]:
+    """Every reference lesion's visibility: its mean HU minus that of the liver within 3 voxels
+    around it, and the HU standard deviation of that liver ring (the noise it hides under), with
+    its diameter and whether the prediction found it (Dice > 0.2) — what tells a lesion no reader
+    would see from one the network should have found."""
+    from scipy import ndimage
+
+    from autoliver.io import read_image
+
+    raw, rows = root / "raw" / DATASET, []
+    for case in ev["cases"]:
+        lesions = [r for r in case["lesions"]["lesions"] if r["source"] == "reference"]
+        if not lesions:
+            continue
+        label = read_image(raw / "labelsTs" / f"{case['case']}.nii.gz").array
+        image = read_image(raw / "imagesTs" / f"{case['case']}_0000.nii.gz").array.astype(np.float32)
+        components, n = ndimage.label(label == 2, structure=np.ones((3, 3, 3)))
+        centres = np.array(ndimage.center_of_mass(np.ones(label.shape), components, range(1, n + 1)))
+        for r in lesions:  # the evaluation's lesion: the component nearest its centroid
+            mask = components == 1 + int(np.argmin(((centres - np.array(r["centroid_zyx"])) ** 2).sum(1)))
+            ring = ndimage.binary_dilation(mask, iterations=3) & (label == 1)
+            rows.append({"case": case["case"], "diameter_mm": round(r["diameter_mm"], 1),
+                         "contrast_hu": round(float(image[mask].mean() - image[ring].mean()), 1) if ring.any() else None,
+                         "noise_hu": round(float(image[ring].std()), 1) if ring.any() else None,
+                         "detected": bool(r["detected"]["dice>0.2"])})
+    return rows
 
 
 def save_row(root: Path, name: str, row: dict) -> None:
@@ -160,6 +191,10 @@ def save_row(root: Path, name: str, row: dict) -> None:
     rows[name] = row
     path.write_text(json.dumps(rows, indent=2))
     print("\n" + table(rows))
+    for kind in ("missed", "found"):
+        print(f"{name}: lesions >= 10 mm {kind} (diameter mm, contrast to the liver around it HU, that liver's "
+              "noise HU): " + ", ".join(f"{c['diameter_mm']:g}/{c['contrast_hu']}/{c['noise_hu']}"
+                                       for c in row.get(f"{kind}_10mm_and_up", [])))
 
 
 def table(rows: dict) -> str:
