@@ -216,7 +216,8 @@ class _Planner:
         target_voxels = p.initial_patch_pixels_2d if dims == 2 else p.initial_patch_voxels_3d
         patch, topo = fit_patch(spacing, initial_patch(spacing, median, target_voxels), p.min_feature_map_edge,
                                 p.max_pools_per_axis)
-        context = {"2d": p.context_slices_2d, "2d_liver_roi": p.context_slices_2d_liver_roi}.get(name, 0)
+        context_key = {"2d": "context_slices_2d", "2d_liver_roi": "context_slices_2d_liver_roi"}.get(name)
+        context = getattr(p, context_key) if context_key else 0
         in_channels += 2 * context * self.channels  # 2.5D: the neighbours of every image channel
         norms, norm_reason = self.normalization()
         resampling, resampling_reason = self.resampling(spacing3)
@@ -283,8 +284,7 @@ class _Planner:
             "kernel_sizes": "3 along axes within 2× of the finest spacing, 1 across thicker ones until pooling catches up",
             **({"context_slices": (f"{context}: each slice with {context} neighbour(s) on each side as extra channels "
                                    f"(2.5D, {2 * context + 1} slices = {(2 * context + 1) * spacing3[0]:.3g} mm; "
-                                   f"preset {p.name}, {'context_slices_2d' if name == '2d' else 'context_slices_2d_liver_roi'})")}
-               if context else {}),
+                                   f"preset {p.name}, {context_key})")} if context else {}),
             "features": f"{_fmt(net.features_per_stage, 0)}: {p.base_features}·2^stage, capped at "
                         f"{p.max_features_3d if dims == 3 else p.max_features_2d}",
             "batch_size": batch_reason,

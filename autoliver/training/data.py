@@ -196,7 +196,7 @@ class PatchBatches(torch.utils.data.Dataset):
         if self.liver_channel:
             liver = seg[:, 0] > 0
             if self.aug:
-                tumour = seg[:, 0] == self.tumour_label if self.tumour_label else [None] * len(liver)
+                tumour = seg[:, 0] == self.tumour_label if self.tumour_label is not None else [None] * len(liver)
                 liver = np.stack([perturb_liver(m, rng, self.aug.p_liver_perturbation, self.aug.p_liver_dropout, t)
                                   for m, t in zip(liver, tumour)])
             x = np.concatenate((x, liver[:, None].astype(np.float32)), axis=1)
@@ -392,25 +392,28 @@ def perturb_liver(mask: np.ndarray, rng: np.random.Generator, p: float, p_dropou
             structure[0], structure[2] = False, False
         m = op(m, structure=structure, iterations=int(rng.integers(1, 5)))
     if rng.random() < p and m.any():
-        points = np.argwhere(m)
-        grid = np.indices(m.shape, sparse=True)
-        for _ in range(int(rng.integers(1, 4))):
-            centre = points[int(rng.integers(len(points)))]
-            r = float(rng.uniform(2, 12))
-            m &= sum((g - c) ** 2 for g, c in zip(grid, centre)) > r * r
+        m &= ~_random_balls(np.argwhere(m), m.shape, rng, count=(1, 4), radius=(2, 12))
     if lesions is not None and p > 0 and lesions.any():
         components, n = ndimage.label(lesions, structure=np.ones((3,) * lesions.ndim, bool))
         cut = np.flatnonzero(rng.random(n) < p / 2) + 1
         if len(cut):
             m &= ~np.isin(components, cut)
     if rng.random() < p and m.any():
-        edge = np.argwhere(m & ~ndimage.binary_erosion(m))
-        grid = np.indices(m.shape, sparse=True)
-        for _ in range(int(rng.integers(1, 3))):
-            centre = edge[int(rng.integers(len(edge)))]
-            r = float(rng.uniform(3, 16))
-            m |= sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r * r
+        m |= _random_balls(np.argwhere(m & ~ndimage.binary_erosion(m)), m.shape, rng, count=(1, 3), radius=(3, 16))
     return m
+
+
+def _random_balls(points: np.ndarray, shape, rng: np.random.Generator, count: tuple[int, int],
+                  radius: tuple[float, float]) -> np.ndarray:
+    """The union of ``count`` (integers' [low, high)) balls of a uniform radius in voxels, each
+    centred on one of ``points`` (N × ndim)."""
+    grid = np.indices(shape, sparse=True)
+    out = np.zeros(shape, bool)
+    for _ in range(int(rng.integers(*count))):
+        centre = points[int(rng.integers(len(points)))]
+        r = float(rng.uniform(*radius))
+        out |= sum((g - c) ** 2 for g, c in zip(grid, centre)) <= r * r
+    return out
 
 
 def _worker_init(_):
