@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from autoliver.errors import UserError
 from autoliver.training.data import PatchBatches
-from autoliver.training.losses import (SegmentationLoss, deep_supervision_weights, dice_counts, predicted_classes,
-                                       targets)
+from autoliver.training.losses import (SegmentationLoss, blob_dice, blobs, deep_supervision_weights, dice_counts,
+                                       predicted_classes, soft_dice, targets)
 from autoliver.training.networks import NETWORKS, build_network
 from autoliver.training.recipes import RECIPES, Recipe, get_recipe, recipe_from_dict, recipe_to_dict
 from autoliver.training.trainer import learning_rate, make_optimizer, train_step
@@ -150,3 +150,42 @@ def test_precision_choice():
     assert autocast_dtype(cpu, "bf16") == torch.bfloat16
     with pytest.raises(UserError, match="fp16 needs --device cuda"):
         autocast_dtype(cpu, "fp16")
+
+
+def test_blob_dice_weighs_each_lesion_alike():
+    """Two lesions in one batch, 64 and 1 voxel: missing the small one costs half the blob loss,
+    while batch Dice barely notices; false alarms off the lesions cost too."""
+    seg = torch.zeros(2, 1, 1, 12, 12, dtype=torch.int8)
+    seg[0, :, :, 2:10, 2:10] = 1  # liver
+    seg[0, 0, 0, 1:9, 1:9] = 2  # large lesion, 64 voxels
+    seg[1, 0, 0, 5, 5] = 2  # small lesion, 1 voxel
+    onehot = targets(seg, 3, region=False)
+    ids = blobs(onehot, slice(2, None))
+    assert ids.max() == 2 and (ids == 1).sum() == 64 and (ids == 2).sum() == 1
+    perfect = onehot.clone()
+    miss = onehot.clone()
+    miss[1, 2, 0, 5, 5], miss[1, 0, 0, 5, 5] = 0, 1  # the small lesion called background
+    assert blob_dice(perfect, ids, slice(2, None)).item() < 1e-4
+    assert blob_dice(miss, ids, slice(2, None)).item() == pytest.approx(0.5, abs=1e-3)
+    assert soft_dice(miss, onehot, slice(2, None)).item() < 0.01  # batch Dice: 1 voxel of 65
+    alarm = onehot.clone()
+    alarm[0, 2, 0, 11, 11] = 1  # a false voxel beside the large lesion: Dice 2·64 / (64 + 1 + 64), the other 1
+    assert blob_dice(alarm, ids, slice(2, None)).item() == pytest.approx((1 - 128 / 129) / 2, abs=1e-4)
+    # the loss term: perfect logits ~0, every output of deep supervision works, gradients reach the small lesion
+    lf = SegmentationLoss({"blob_dice": 1})
+    assert lf(perfect * 40 - 20, seg).item() < 1e-3
+    logits = torch.zeros(2, 3, 1, 12, 12, requires_grad=True)
+    low = F.interpolate(logits, scale_factor=(1, 0.5, 0.5), mode="nearest")
+    lf([logits, low, low], seg).backward()  # the 1-voxel blob vanishes at half size: left out there
+    assert logits.grad[1, 2, 0, 5, 5] < 0  # raising the tumour logit there lowers the loss
+    assert torch.isfinite(logits.grad).all()
+    # a batch without blobs: zero, graph intact; 2D patches and 3D patches both
+    empty = torch.zeros(2, 1, 6, 6, dtype=torch.int8)
+    z = torch.zeros(2, 3, 6, 6, requires_grad=True)
+    out = lf(z, empty)
+    out.backward()
+    assert out.item() == 0 and z.grad is not None
+    seg2d = seg[:, :, 0]
+    assert blobs(targets(seg2d, 3, region=False), slice(1, None)).max() == 3  # liver, two lesions
+    regions = targets(seg, 2, region=True)
+    assert SegmentationLoss({"blob_dice": 1}, region=True)(regions * 40 - 20, seg).item() < 1e-3
