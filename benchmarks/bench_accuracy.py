@@ -16,8 +16,9 @@ Rows (``AUTOLIVER_BENCH_ROWS``, comma-separated, default all of them):
 * ``cascade``: ``3d_fullres`` (cpu preset) for a third of the minutes finds the liver, then the
   liver-ROI lesion stage (``AUTOLIVER_BENCH_ROI``, default ``2d_liver_roi``) for the rest; with
   ``AUTOLIVER_BENCH_CONTEXT`` k > 0 the cpu preset plans the 2D stage with 2.5D context
-  (``context_slices_2d_liver_roi`` k). The row is saved as ``cascade``, or ``cascade_{ROI}`` /
-  ``cascade_{ROI}_context{k}`` for the others;
+  (``context_slices_2d_liver_roi`` k); ``AUTOLIVER_BENCH_RECIPE`` trains the lesion stage with that
+  recipe instead of the plan's (e.g. ``lesion_blob``). The row is saved as ``cascade``, or
+  ``cascade_{ROI}`` / ``cascade_{ROI}_context{k}`` / ``cascade_{recipe}`` for the others;
 * ``before``: ``3d_fullres`` alone for all the minutes (autoliver before the lesion stage);
 * ``nnunet_default``: nnU-Net v2's own plan (3d_fullres), epochs cut to the same minutes;
 * ``nnunet_autoliver_plan``: nnU-Net v2's trainer on the network of autoliver's cpu ``3d_fullres``.
@@ -54,6 +55,7 @@ CASES, TEST_CASES, SEED, SHAPE = 40, 10, 11, ("100", "512", "512")
 MINUTES = float(os.environ.get("AUTOLIVER_BENCH_MINUTES", "30"))
 ROI = os.environ.get("AUTOLIVER_BENCH_ROI", "2d_liver_roi")
 CONTEXT = int(os.environ.get("AUTOLIVER_BENCH_CONTEXT", "0"))
+RECIPE = os.environ.get("AUTOLIVER_BENCH_RECIPE", "")  # the lesion stage's, when not the plan's
 ROWS = [r.strip() for r in os.environ.get("AUTOLIVER_BENCH_ROWS", "cascade,before,nnunet_default,"
                                                                    "nnunet_autoliver_plan").split(",") if r.strip()]
 NNUNET_PYTHON = os.environ.get("AUTOLIVER_NNUNET_PYTHON")
@@ -112,14 +114,15 @@ def planned(root: Path, *configurations: str, context: int = 0) -> None:
         autoliver(root, "preprocess", "-d", DATASET, "-c", *configurations)
 
 
-def train(root: Path, configuration: str, minutes: float) -> float:
+def train(root: Path, configuration: str, minutes: float, recipe: str = "") -> float:
     """Train ``configuration`` on every training case for ``minutes`` (fold ``all``: no validation
-    cases, so no full-case validation, as nnU-Net's rows skip theirs); returns the training minutes
-    (the epochs' own seconds, from metrics.jsonl)."""
-    fold = root / "results" / DATASET / configuration / "fold_all"
+    cases, so no full-case validation, as nnU-Net's rows skip theirs), with ``recipe`` when given
+    (results in ``{configuration}__{recipe}``); returns the training minutes (the epochs' own
+    seconds, from metrics.jsonl)."""
+    fold = root / "results" / DATASET / (f"{configuration}__{recipe}" if recipe else configuration) / "fold_all"
     shutil.rmtree(fold, ignore_errors=True)
     autoliver(root, "train", configuration, "all", "-d", DATASET, "--minutes", f"{minutes:g}",
-              "--iters", str(ITERS), "--device", "cpu", "--no-validation")
+              "--iters", str(ITERS), "--device", "cpu", "--no-validation", *(("--recipe", recipe) if recipe else ()))
     rows = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return sum(r["epoch_seconds"] for r in rows) / 60
 
@@ -230,18 +233,19 @@ def run_row(benchmark, root: Path, name: str, make, key: str | None = None) -> d
 
 def test_cascade(benchmark, root):
     key = "cascade" if ROI == "2d_liver_roi" and not CONTEXT else f"cascade_{ROI}" + (f"_context{CONTEXT}" if CONTEXT else "")
+    key += f"_{RECIPE}" if RECIPE else ""
 
     def make():
         planned(root, "3d_fullres", ROI, context=CONTEXT)
         first = train(root, "3d_fullres", MINUTES / 3)
-        second = train(root, ROI, MINUTES * 2 / 3)
+        second = train(root, ROI, MINUTES * 2 / 3, RECIPE)
         pred = root / "predictions" / key
-        seconds = predict(root, pred, "-c", ROI)
+        seconds = predict(root, pred, "-c", f"{ROI}__{RECIPE}" if RECIPE else ROI)
         plan = json.loads((root / "preprocessed" / DATASET / "plans.json").read_text())["configurations"]
         c1, c2 = plan["3d_fullres"], plan[ROI]
         return {"what": (f"3d_fullres {'×'.join(f'{s:.2g}' for s in c1['spacing_zyx_mm'])} mm → {ROI} "
                          f"{'×'.join(f'{s:.2g}' for s in c2['spacing_zyx_mm'])} mm, patch {c2['patch_size']}, "
-                         f"batch {c2['batch_size']}, recipe {c2['recipe'] or 'default'}"
+                         f"batch {c2['batch_size']}, recipe {RECIPE or c2['recipe'] or 'default'}"
                          + (f", {c2['context_slices']} context slices each side" if c2.get("context_slices") else "")),
                 "train_minutes": first + second, "predict_seconds_per_case": seconds / TEST_CASES,
                 **score(root, pred)}
