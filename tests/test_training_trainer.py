@@ -112,6 +112,36 @@ def test_a_time_budget_fixes_the_epochs_after_the_first_and_trains_like_a_run_of
     assert torch.load(budgeted / "checkpoint_final.pt", weights_only=True)["epochs"] == 3
 
 
+def test_a_budgeted_run_retimes_its_schedule_after_three_epochs(dataset, monkeypatch):
+    """A slow first epoch fixed too few epochs: after epoch 3 the run stretches its schedule to the
+    epochs its budget holds, with the same numbered batches as a run of that length."""
+    from autoliver.training import trainer
+
+    plan, pre, results = dataset
+    reference = metrics(run(plan, pre, results / "reference5", "3d_fullres", epochs=5, iters=2, validate=False))
+    calls = []
+    monkeypatch.setattr(trainer, "epochs_for_budget", lambda *a: 4)
+    monkeypatch.setattr(trainer, "reestimated_epochs", lambda minutes, seconds, epochs: calls.append(
+        (minutes, list(seconds), epochs)) or 5)
+    budgeted = run(plan, pre, results / "retimed", "3d_fullres", epochs=None, iters=2, minutes=0.5, validate=False)
+    assert len(calls) == 1 and calls[0][0] == 0.5 and len(calls[0][1]) == 3 and calls[0][2] == 4
+    rows = metrics(budgeted)
+    assert len(rows) == 5 and [r["batch_digest"] for r in rows] == [r["batch_digest"] for r in reference]
+    assert rows[-1]["learning_rate"] == reference[-1]["learning_rate"]  # the schedule ends as a 5-epoch run's
+    assert torch.load(budgeted / "checkpoint_final.pt", weights_only=True)["epochs"] == 5
+
+
+def test_reestimated_epochs():
+    from autoliver.training.trainer import reestimated_epochs
+
+    # the benchmark's case: a 53 s first epoch fixed 23 epochs for 20 min; the next ran at 31 s
+    assert reestimated_epochs(20, [53.0, 31.0, 31.0], 23) == 3 + (1200 - 115) // 31
+    assert reestimated_epochs(20, [30.0, 30.0, 30.0], 40) == 40  # the first estimate held
+    assert reestimated_epochs(20, [30.0, 29.0, 29.5], 40) == 40  # under two epochs apart: unchanged
+    assert reestimated_epochs(10, [30.0, 60.0, 60.0], 20) == 3 + (600 - 150) // 60  # slower later: shrinks
+    assert reestimated_epochs(1, [30.0, 60.0, 60.0], 20) == 4  # budget spent: one more epoch, never fewer
+
+
 def test_epochs_for_budget_and_bad_budgets(dataset):
     from autoliver.errors import UserError
     from autoliver.training.trainer import epochs_for_budget

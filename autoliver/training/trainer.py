@@ -44,6 +44,7 @@ from autoliver.training.splits import fold_cases
 
 SEED = 12345
 METRICS_FILE = "metrics.jsonl"
+REESTIMATE_AFTER = 2  # a budgeted run re-times its schedule after epochs 0..2 (two at the steady pace)
 PLOT_EVERY_SECONDS = 30.0  # drawing progress.png takes ~0.3 s: not after every short CPU epoch
 
 
@@ -141,6 +142,20 @@ def epochs_for_budget(minutes: float, first_epoch_seconds: float, steady_epoch_s
     steady = first_epoch_seconds if steady_epoch_seconds is None else steady_epoch_seconds
     left = minutes * 60 - first_epoch_seconds - restart_seconds
     return max(1, 1 + math.floor(max(left, 0.0) / max(steady, 1e-6)))
+
+
+def reestimated_epochs(minutes: float, epoch_seconds: list[float], epochs: int) -> int:
+    """The epochs that fit ``minutes`` once a few epochs have run (``epoch_seconds``, the first
+    included): the epochs done plus as many as the later epochs' pace leaves room for. One slow
+    first epoch (a cold file cache, another process's burst) would otherwise fix a schedule that
+    leaves a third of the budget unused, and a fast one a schedule that overruns it. Returns
+    ``epochs`` itself when the difference is under two epochs and a tenth, so that a schedule is
+    only stretched for a real difference; never fewer than one epoch beyond those done."""
+    done = len(epoch_seconds)
+    pace = float(np.mean(epoch_seconds[1:])) if done > 1 else float(epoch_seconds[0])
+    fit = done + math.floor(max(minutes * 60 - sum(epoch_seconds), 0.0) / max(pace, 1e-6))
+    fit = max(done + 1, fit)
+    return fit if abs(fit - epochs) >= max(2, 0.1 * epochs) else epochs
 
 
 def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
@@ -395,6 +410,18 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
                            f"{iterations} iterations fit {run.minutes:g} min", file=sys.stderr)
             if epochs > 1:
                 loader = batches(1)  # the same numbered batches an unbudgeted run of this length gets
+        elif budgeted and epoch == REESTIMATE_AFTER and epoch + 1 < epochs:
+            seconds = [r["epoch_seconds"] for r in history] + [epoch_seconds] if ctx.is_main else []
+            new = int(distributed.all_min(ctx, torch.tensor(
+                reestimated_epochs(run.minutes, seconds, epochs) if ctx.is_main else 2 ** 31 - 1)))
+            if new != epochs:
+                if ctx.is_main:
+                    tqdm.write(f"after {epoch + 1} epochs ({sum(seconds):.0f} s): {new} epochs fit {run.minutes:g} min, "
+                               f"not {epochs}; the schedule is stretched to them", file=sys.stderr)
+                epochs = new
+                bar.total = epochs * iterations
+                bar.refresh()
+                loader = batches(epoch + 1)
 
         if ctx.is_main:
             payload = checkpoint(epoch + 1)
