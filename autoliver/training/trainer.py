@@ -153,8 +153,8 @@ def reestimated_epochs(minutes: float, epoch_seconds: list[float], epochs: int) 
     only stretched for a real difference; never fewer than one epoch beyond those done."""
     done = len(epoch_seconds)
     pace = float(np.mean(epoch_seconds[1:])) if done > 1 else float(epoch_seconds[0])
-    fit = done + math.floor(max(minutes * 60 - sum(epoch_seconds), 0.0) / max(pace, 1e-6))
-    fit = max(done + 1, fit)
+    # the epochs done count as one long first epoch of epochs_for_budget's arithmetic
+    fit = max(done + 1, done - 1 + epochs_for_budget(minutes, float(sum(epoch_seconds)), pace))
     return fit if abs(fit - epochs) >= max(2, 0.1 * epochs) else epochs
 
 
@@ -347,6 +347,7 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
         bar = (progress.bar(total=(epochs - start_epoch) * iterations, desc=f"{config.name} fold {run.fold}", unit="it")
                if ctx.is_main else tqdm(disable=True))
     last_plot = -math.inf
+    timed = []  # this process's epoch seconds (a budgeted run re-times its schedule from them)
     epoch = start_epoch
     while loader is not None and epoch < epochs:
         lr = learning_rate(recipe, epoch, epochs)
@@ -397,6 +398,7 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
         improved = best is None or ema > best
         best = ema if improved else best
         epoch_seconds = time.perf_counter() - t0
+        timed.append(epoch_seconds)
         if budgeted and epoch == 0:
             steady = epoch_seconds
             if iterations > warm_up:
@@ -411,13 +413,11 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
             if epochs > 1:
                 loader = batches(1)  # the same numbered batches an unbudgeted run of this length gets
         elif budgeted and epoch == REESTIMATE_AFTER and epoch + 1 < epochs:
-            seconds = [r["epoch_seconds"] for r in history] + [epoch_seconds] if ctx.is_main else []
-            new = int(distributed.all_min(ctx, torch.tensor(
-                reestimated_epochs(run.minutes, seconds, epochs) if ctx.is_main else 2 ** 31 - 1)))
+            new = int(distributed.all_min(ctx, torch.tensor(reestimated_epochs(run.minutes, timed, epochs))))
             if new != epochs:
                 if ctx.is_main:
-                    tqdm.write(f"after {epoch + 1} epochs ({sum(seconds):.0f} s): {new} epochs fit {run.minutes:g} min, "
-                               f"not {epochs}; the schedule is stretched to them", file=sys.stderr)
+                    tqdm.write(f"after {epoch + 1} epochs ({sum(timed):.0f} s): {new} epochs fit {run.minutes:g} min, "
+                               f"not {epochs}; the schedule is re-timed to them", file=sys.stderr)
                 epochs = new
                 bar.total = epochs * iterations
                 bar.refresh()
