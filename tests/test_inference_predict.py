@@ -241,6 +241,24 @@ def test_unreadable_case_is_reported_and_others_are_written(model_dir, tmp_path,
     assert "broken" in capsys.readouterr().err
 
 
+def test_a_defect_while_predicting_names_the_case(model_dir, tmp_path, monkeypatch):
+    """An internal error (not the input's fault) stops the run, but the message says which case met
+    it, and nothing half-written is left for that case."""
+    from autoliver.inference import predictor
+
+    def broken(*args, **kwargs):
+        raise ValueError("zero-size array to reduction operation minimum")
+
+    monkeypatch.setattr(predictor, "predict_stage", broken)
+    src = tmp_path / "in"
+    src.mkdir()
+    small_scan(src / "scan7_0000.nii.gz")
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"^scan7: prediction failed: zero-size array"):
+        predict(PredictRequest(input=src, output=out, model_dir=model_dir, tta=False, folds=("0",)))
+    assert not out.exists() or not any(p.name.startswith("scan7") for p in out.iterdir())
+
+
 def test_model_choice_errors(model_dir, tmp_path):
     with pytest.raises(UserError, match="not trained"):
         load_model(model_dir, folds=["3"])

@@ -109,6 +109,20 @@ def test_image_resampling_accepts_views_int16_and_transform(rng):
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-2)
 
 
+def test_label_resampling_drops_a_class_that_no_output_voxel_reads():
+    """Linear downsampling by 4 reads input columns 1, 2, 5, 6, …: a tumour voxel only in column 0
+    (here a stray voxel of a first stage's prediction) reaches no output voxel and vanishes, while
+    the liver is resampled as before (this once stopped a whole prediction run)."""
+    seg = np.zeros((8, 40, 40), np.uint8)
+    seg[2:6, 8:32, 8:32] = 1
+    seg[3, 20, 0] = 2  # x column 0: never read (its box is that one column)
+    out = resampling.resample_labels(seg, (8, 10, 10), (1, 1, 1))
+    liver = seg.copy()
+    liver[liver == 2] = 0
+    np.testing.assert_array_equal(out, resampling.resample_labels(liver, (8, 10, 10), (1, 1, 1)))
+    assert not (out == 2).any() and (out == 1).sum() == 4 * 6 * 6
+
+
 def test_label_resampling_is_onehot_argmax(rng):
     seg = np.zeros((30, 40, 40), np.uint8)
     zz, yy, xx = np.mgrid[:30, :40, :40]

@@ -364,8 +364,15 @@ def predict_cases(model: Model, cases: list[InputCase], output_dir: str | os.Pat
                     continue
                 raise item.error
             bar.set_postfix_str(item.case.name)
-            outputs = [predict_stage(stage, item.images, options, pre)
-                       for stage, pre in zip(model.stages, item.preprocessed)]
+            try:
+                outputs = [predict_stage(stage, item.images, options, pre)
+                           for stage, pre in zip(model.stages, item.preprocessed)]
+            except UserError as e:
+                failures[item.case.name] = str(e)
+                bar.update(1)
+                continue
+            except Exception as e:  # a defect, not the input's: stop, but say which case met it
+                raise RuntimeError(f"{item.case.name}: prediction failed: {e}") from e
             crf_image = item.images[0].array if model.postprocessing.crf else None
             if pending is not None:  # at most one export in flight: bounds memory
                 collect(pending)

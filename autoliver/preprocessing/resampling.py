@@ -320,7 +320,9 @@ def resample_labels(seg: np.ndarray, new_shape: Sequence[int], orders: Sequence[
         box = bounding_box(seg[tuple(slice(a, b) for a, b in fg_box)], v)
         if box is not None:
             box = tuple((a + o, b + o) for (a, b), (o, _) in zip(box, fg_box))
-            boxes[v] = tuple(_rows_touching(m, lo, hi) for m, (lo, hi) in zip(mats64, box))
+            rows = tuple(_rows_touching(m, lo, hi) for m, (lo, hi) in zip(mats64, box))
+            if all(r0 < r1 for r0, r1 in rows):  # else no output voxel reads the class: it vanishes
+                boxes[v] = rows
     if not boxes:
         return out
     # The union of the classes' output boxes, processed in slabs along z to bound memory.
