@@ -31,13 +31,18 @@ def run_autoliver(root: Path, *args: str) -> float:
     return seconds
 
 
+def cpu_preset_with(root: Path, name: str, **overrides) -> Path:
+    """The cpu preset with ``overrides``, saved as ``{name}.json`` under ``root`` (a --preset file)."""
+    from autoliver.resources import resource_dir
+
+    keys = json.loads((resource_dir("planners") / "cpu.json").read_text())
+    path = root / f"{name}.json"
+    path.write_text(json.dumps({**keys, **overrides, "name": name}, indent=2))
+    return path
+
+
 def context_preset(root: Path, context: int, key: str = "context_slices_2d") -> tuple[str, Path]:
     """(name, file) of the cpu preset with 2.5D context ``key`` (``context_slices_2d``: the whole-image
     ``2d``; ``context_slices_2d_liver_roi``: the lesion stage) set to ``context`` slices per side."""
-    from autoliver.resources import resource_dir
-
     name = f"cpu_{key.removeprefix('context_slices_')}_context{context}"
-    keys = json.loads((resource_dir("planners") / "cpu.json").read_text())
-    path = root / f"{name}.json"
-    path.write_text(json.dumps({**keys, "name": name, key: context}, indent=2))
-    return name, path
+    return name, cpu_preset_with(root, name, **{key: context})

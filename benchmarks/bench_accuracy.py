@@ -14,11 +14,17 @@ would need hours for the 10 cases with it), with a sliding-window step of 0.5.
 Rows (``AUTOLIVER_BENCH_ROWS``, comma-separated, default all of them):
 
 * ``cascade``: ``3d_fullres`` (cpu preset) for a third of the minutes finds the liver, then the
-  liver-ROI lesion stage (``AUTOLIVER_BENCH_ROI``, default ``2d_liver_roi``) for the rest; with
-  ``AUTOLIVER_BENCH_CONTEXT`` k > 0 the cpu preset plans the 2D stage with 2.5D context
-  (``context_slices_2d_liver_roi`` k); ``AUTOLIVER_BENCH_RECIPE`` trains the lesion stage with that
-  recipe instead of the plan's (e.g. ``lesion_blob``). The row is saved as ``cascade``, or
-  ``cascade_{ROI}`` / ``cascade_{ROI}_context{k}`` / ``cascade_{recipe}`` for the others;
+  liver-ROI lesion stage (``AUTOLIVER_BENCH_ROI``, default ``2d_liver_roi``) for the rest, both as
+  the cpu preset plans them (its 2D lesion stage sees five slices: 2.5D context, k = 2); with
+  ``AUTOLIVER_BENCH_CONTEXT`` k the cpu preset's ``context_slices_2d_liver_roi`` is set to k instead
+  (0: one slice); ``AUTOLIVER_BENCH_RECIPE`` trains the lesion stage with that
+  recipe instead of the plan's (e.g. ``lesion_blob``); ``AUTOLIVER_BENCH_PRECISION`` is autoliver's
+  training ``--precision`` (default ``fp32``; ``bf16`` on a CPU with native
+  bfloat16 trains about twice the iterations in the same minutes); ``AUTOLIVER_BENCH_ANTI_ALIASING``
+  0 or 1 sets the cpu preset's ``anti_aliasing`` (images smoothed before they are made coarser; the
+  preset's own: off). The row is saved as ``cascade``, or ``cascade_{ROI}`` /
+  ``cascade_{ROI}_context{k}`` / ``cascade_{recipe}`` / ``..._bf16`` / ``..._no_anti_aliasing`` for
+  the others;
 * ``before``: ``3d_fullres`` alone for all the minutes (autoliver before the lesion stage);
 * ``nnunet_default``: nnU-Net v2's own plan (3d_fullres), epochs cut to the same minutes;
 * ``nnunet_autoliver_plan``: nnU-Net v2's trainer on the network of autoliver's cpu ``3d_fullres``.
@@ -48,14 +54,18 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _cli import bench_root, context_preset, run_autoliver  # noqa: E402
+from _cli import bench_root, cpu_preset_with, run_autoliver  # noqa: E402
 
 DATASET = "Dataset970_AccuracyCT"
 CASES, TEST_CASES, SEED, SHAPE = 40, 10, 11, ("100", "512", "512")
 MINUTES = float(os.environ.get("AUTOLIVER_BENCH_MINUTES", "30"))
 ROI = os.environ.get("AUTOLIVER_BENCH_ROI", "2d_liver_roi")
-CONTEXT = int(os.environ.get("AUTOLIVER_BENCH_CONTEXT", "0"))
+CONTEXT = int(os.environ["AUTOLIVER_BENCH_CONTEXT"]) if os.environ.get("AUTOLIVER_BENCH_CONTEXT") else None
 RECIPE = os.environ.get("AUTOLIVER_BENCH_RECIPE", "")  # the lesion stage's, when not the plan's
+PRECISION = os.environ.get("AUTOLIVER_BENCH_PRECISION", "fp32")  # autoliver's training --precision
+# The cpu preset's anti_aliasing, when not its own (0 or 1)
+ANTI_ALIASING = bool(int(os.environ["AUTOLIVER_BENCH_ANTI_ALIASING"])) \
+    if os.environ.get("AUTOLIVER_BENCH_ANTI_ALIASING") else None
 ROWS = [r.strip() for r in os.environ.get("AUTOLIVER_BENCH_ROWS", "cascade,before,nnunet_default,"
                                                                    "nnunet_autoliver_plan").split(",") if r.strip()]
 NNUNET_PYTHON = os.environ.get("AUTOLIVER_NNUNET_PYTHON")
@@ -96,17 +106,21 @@ def dataset(root: Path) -> Path:
     return raw
 
 
-def preset(root: Path, context: int = 0) -> tuple[str, str]:
-    """(name, --preset argument): the cpu preset, or the cpu preset with 2.5D context as a file."""
-    if not context:
+def preset(root: Path, context: int | None = None, anti_aliasing: bool | None = None) -> tuple[str, str]:
+    """(name, --preset argument): the cpu preset, or, as a file, the cpu preset with the lesion
+    stage's 2.5D context set to ``context`` slices per side and/or its ``anti_aliasing`` set."""
+    overrides = {**({"context_slices_2d_liver_roi": context} if context is not None else {}),
+                 **({"anti_aliasing": anti_aliasing} if anti_aliasing is not None else {})}
+    if not overrides:
         return "cpu", "cpu"
-    name, path = context_preset(root, context, "context_slices_2d_liver_roi")
-    return name, str(path)
+    name = "cpu" + (f"_2d_liver_roi_context{context}" if context is not None else "") \
+        + ("" if anti_aliasing is None else "_anti_aliasing" if anti_aliasing else "_no_anti_aliasing")
+    return name, str(cpu_preset_with(root, name, **overrides))
 
 
-def planned(root: Path, *configurations: str, context: int = 0) -> None:
+def planned(root: Path, *configurations: str, context: int | None = None, anti_aliasing: bool | None = None) -> None:
     dataset(root)
-    name, argument = preset(root, context)
+    name, argument = preset(root, context, anti_aliasing)
     plans = root / "preprocessed" / DATASET / "plans.json"
     if not plans.is_file() or json.loads(plans.read_text())["preset"] != name:
         autoliver(root, "plan_and_preprocess", "-d", DATASET, "--preset", argument, "-c", *configurations)
@@ -122,7 +136,8 @@ def train(root: Path, configuration: str, minutes: float, recipe: str = "") -> f
     fold = root / "results" / DATASET / (f"{configuration}__{recipe}" if recipe else configuration) / "fold_all"
     shutil.rmtree(fold, ignore_errors=True)
     autoliver(root, "train", configuration, "all", "-d", DATASET, "--minutes", f"{minutes:g}",
-              "--iters", str(ITERS), "--device", "cpu", "--no-validation", *(("--recipe", recipe) if recipe else ()))
+              "--iters", str(ITERS), "--device", "cpu", "--no-validation", "--precision", PRECISION,
+              *(("--recipe", recipe) if recipe else ()))
     rows = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return sum(r["epoch_seconds"] for r in rows) / 60
 
@@ -232,11 +247,13 @@ def run_row(benchmark, root: Path, name: str, make, key: str | None = None) -> d
 
 
 def test_cascade(benchmark, root):
-    key = "cascade" if ROI == "2d_liver_roi" and not CONTEXT else f"cascade_{ROI}" + (f"_context{CONTEXT}" if CONTEXT else "")
-    key += f"_{RECIPE}" if RECIPE else ""
+    key = "cascade" if ROI == "2d_liver_roi" and CONTEXT is None else \
+        f"cascade_{ROI}" + (f"_context{CONTEXT}" if CONTEXT is not None else "")
+    key += (f"_{RECIPE}" if RECIPE else "") + (f"_{PRECISION}" if PRECISION != "fp32" else "")
+    key += "" if ANTI_ALIASING is None else "_anti_aliasing" if ANTI_ALIASING else "_no_anti_aliasing"
 
     def make():
-        planned(root, "3d_fullres", ROI, context=CONTEXT)
+        planned(root, "3d_fullres", ROI, context=CONTEXT, anti_aliasing=ANTI_ALIASING)
         first = train(root, "3d_fullres", MINUTES / 3)
         second = train(root, ROI, MINUTES * 2 / 3, RECIPE)
         pred = root / "predictions" / key
@@ -246,7 +263,9 @@ def test_cascade(benchmark, root):
         return {"what": (f"3d_fullres {'×'.join(f'{s:.2g}' for s in c1['spacing_zyx_mm'])} mm → {ROI} "
                          f"{'×'.join(f'{s:.2g}' for s in c2['spacing_zyx_mm'])} mm, patch {c2['patch_size']}, "
                          f"batch {c2['batch_size']}, recipe {RECIPE or c2['recipe'] or 'default'}"
-                         + (f", {c2['context_slices']} context slices each side" if c2.get("context_slices") else "")),
+                         + (f", {c2['context_slices']} context slices each side" if c2.get("context_slices") else "")
+                         + (f", trained in {PRECISION}" if PRECISION != "fp32" else "")
+                         + (", images anti-aliased" if c2["resampling"].get("anti_aliasing") else "")),
                 "train_minutes": first + second, "predict_seconds_per_case": seconds / TEST_CASES,
                 **score(root, pred)}
 

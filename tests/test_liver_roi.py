@@ -175,7 +175,7 @@ def test_context_slices_widen_the_2d_input_only():
     """context_slices_2d / context_slices_2d_liver_roi k: each 2D configuration takes 2k + 1 slices
     per image channel (the lesion stage its liver mask besides), each from its own key, the plan says
     so; 3D configurations are unchanged."""
-    base = replace(load_preset("cpu"), context_slices_2d=0)
+    base = replace(load_preset("cpu"), context_slices_2d=0, context_slices_2d_liver_roi=0)
     wide = replace(base, context_slices_2d=2, context_slices_2d_liver_roi=2)
     plain = plan_experiment(_fingerprint(0.5), base, Budget("cpu", 16 * 2**30, SPEED))
     plan = plan_experiment(_fingerprint(0.5), wide, Budget("cpu", 16 * 2**30, SPEED))
@@ -193,10 +193,20 @@ def test_context_slices_widen_the_2d_input_only():
     assert "context_slices_2d)" in whole_only.configurations["2d"].reasons["context_slices"]
 
 
-def test_the_cpu_preset_gives_the_whole_image_2d_network_context_and_the_lesion_stage_one_slice():
+def test_the_cpu_preset_gives_both_2d_networks_context():
     plan = plan_experiment(_fingerprint(0.5), load_preset("cpu"), Budget("cpu", 16 * 2**30, SPEED))
     assert plan.configurations["2d"].context_slices == 2 and plan.configurations["2d"].network.in_channels == 5
-    assert plan.configurations["2d_liver_roi"].context_slices == 0
+    roi = plan.configurations["2d_liver_roi"]
+    assert roi.context_slices == 2 and roi.network.in_channels == 6  # five slices and the slice's liver mask
+    assert "context_slices_2d_liver_roi)" in roi.reasons["context_slices"]
+    assert plan.configurations["3d_liver_roi"].network.in_channels == 2
+    # nnU-Net's resampling (the smoothed lesion stage did worse in a paired run); the key turns it on
+    assert not any(c.resampling.anti_aliasing or "anti_aliasing" in c.reasons["resampling"]
+                   for c in plan.configurations.values())
+    smooth = plan_experiment(_fingerprint(0.5), replace(load_preset("cpu"), anti_aliasing=True),
+                             Budget("cpu", 16 * 2**30, SPEED))
+    for name, c in smooth.configurations.items():
+        assert c.resampling.anti_aliasing and "anti_aliasing" in c.reasons["resampling"], name
 
 
 def test_planner_skips_the_lesion_stage_when_the_liver_fills_the_body():

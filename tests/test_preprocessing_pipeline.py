@@ -16,6 +16,7 @@ from autoliver.planning.plan import (ChannelNormalization, Configuration, Denois
 from autoliver.preprocessing import cropping, normalization, resampling
 from autoliver.preprocessing.pipeline import (effective_configuration, preprocess_case, preprocessing_hash,
                                               revert_to_original)
+from autoliver.schema import from_jsonable, to_jsonable
 from conftest import shared_data_path
 
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
@@ -107,6 +108,47 @@ def test_image_resampling_accepts_views_int16_and_transform(rng):
     out = resampling.resample_image(view, (12, 20, 40), (3, 3, 3), transform=lambda x: x.mul_(2))
     ref = resampling.resample_reference(view.astype(np.float64) * 2, (12, 20, 40), (3, 3, 3))
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-2)
+
+
+def test_anti_aliasing_smooths_each_axis_made_coarser_first(rng):
+    """σ = (f − 1) / 2 input voxels along an axis made f times coarser (scikit-image's rule), none
+    along the others; the result is the same cubic resampling of the smoothed, transformed volume,
+    the caller's array is untouched, and white noise keeps far less of its σ than without. The
+    kernel streams (in-plane per chunk, through-plane in the interpolation matrix); the reference
+    smooths the whole volume with SciPy and resamples it by dense matrices."""
+    from scipy import ndimage
+
+    assert resampling.anti_aliasing_sigmas((20, 96, 90), (40, 48, 30)) == (0.0, 0.5, 1.0)
+    noise = rng.normal(50, 20, (16, 90, 90)).astype(np.float32)
+    keep = noise.copy()
+    # in-plane only, through-plane only (linear), both in either pass order, the through axis last
+    for new, orders, axis in (((16, 40, 40), (3, 3, 3), 0), ((6, 90, 90), (1, 3, 3), 0), ((6, 40, 40), (1, 3, 3), 0),
+                              ((6, 80, 30), (1, 3, 3), 0), ((24, 30, 40), (3, 3, 0), 2)):
+        out = resampling.resample_image(noise, new, orders, through_axis=axis, transform=lambda x: x - 50,
+                                        anti_aliasing=True)
+        smooth = ndimage.gaussian_filter((noise - 50).astype(np.float64), resampling.anti_aliasing_sigmas(noise.shape, new),
+                                         mode="nearest")
+        np.testing.assert_allclose(out, resampling.resample_reference(smooth, new, orders), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(noise, keep)
+    out = resampling.resample_image(noise, (16, 40, 40), (3, 3, 3), transform=lambda x: x - 50, anti_aliasing=True)
+    plain = resampling.resample_image(noise, (16, 40, 40), (3, 3, 3))
+    assert out.std() < 0.75 * plain.std() and abs(out.mean()) < 0.5
+    # Nothing made coarser: nothing smoothed.
+    up = resampling.resample_image(noise, (16, 120, 120), (3, 3, 3))
+    np.testing.assert_array_equal(up, resampling.resample_image(noise, (16, 120, 120), (3, 3, 3), anti_aliasing=True))
+
+
+def test_anti_aliasing_reaches_the_preprocessed_data_and_only_then_changes_the_hash():
+    img, seg = phantom_ct(shape=(20, 96, 96))  # 0.8 mm in-plane → 1.6 mm
+    cfg = configuration(spacing=(2.5, 1.6, 1.6))
+    aa = dataclasses.replace(cfg, resampling=dataclasses.replace(cfg.resampling, anti_aliasing=True))
+    plain, smooth = (preprocess_case([img], make_plan(c), c, seg, case="c") for c in (cfg, aa))
+    liver = plain[1][0] == 1
+    assert smooth[0][0][liver].std() < 0.8 * plain[0][0][liver].std()
+    np.testing.assert_array_equal(plain[1], smooth[1])  # labels are not smoothed
+    assert preprocessing_hash(make_plan(aa), aa) != preprocessing_hash(make_plan(cfg), cfg)
+    legacy = {k: v for k, v in to_jsonable(cfg.resampling).items() if k != "anti_aliasing"}
+    assert from_jsonable(Resampling, legacy, "resampling") == cfg.resampling  # plans before the key read as off
 
 
 def test_label_resampling_drops_a_class_that_no_output_voxel_reads():

@@ -51,6 +51,10 @@ class Resampling:
     separate_z: bool = False
     order_z_image: int = 0
     order_z_label: int = 0
+    # Images made coarser along an axis are first Gaussian-smoothed along it (σ = (f − 1) / 2 source
+    # voxels for f times coarser, scikit-image's resize rule), so the coarse voxel averages the
+    # noise instead of sampling it; off (nnU-Net's way) by default.
+    anti_aliasing: bool = False
 
 
 @dataclass(frozen=True)

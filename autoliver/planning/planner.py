@@ -173,12 +173,17 @@ class _Planner:
         t = self.preset.anisotropy_threshold
         median = tuple(np.median(self.spacings, axis=0))
         sep = _is_anisotropic(median, t) or _is_anisotropic(target, t)
+        aa = self.preset.anti_aliasing
+        why_aa = (f"; images smoothed before they are made coarser (σ = (f − 1) / 2 voxels along an axis made f "
+                  f"times coarser; preset {self.preset.name}, anti_aliasing)" if aa else "")
         if sep:
-            return (Resampling(order_image=3, order_label=1, separate_z=True, order_z_image=0, order_z_label=0),
+            return (Resampling(order_image=3, order_label=1, separate_z=True, order_z_image=0, order_z_label=0,
+                               anti_aliasing=aa),
                     f"spacing ratio > {t:g} (median {_fmt(median)} → {_fmt(target)} mm): in-plane cubic / linear, "
-                    "through-plane nearest, so thick slices are not smeared into each other")
-        return (Resampling(order_image=3, order_label=1),
-                f"near-isotropic (median {_fmt(median)} → {_fmt(target)} mm): cubic for images, linear for labels")
+                    "through-plane nearest, so thick slices are not smeared into each other" + why_aa)
+        return (Resampling(order_image=3, order_label=1, anti_aliasing=aa),
+                f"near-isotropic (median {_fmt(median)} → {_fmt(target)} mm): cubic for images, linear for labels"
+                + why_aa)
 
     def denoise(self, target) -> tuple[Denoise, str]:
         p, fp = self.preset, self.fp

@@ -44,8 +44,11 @@ _NEEDS_BODY = ("zscore", "histeq", "liver_zscore")
 
 def _preprocessing_settings(config: Configuration, *, with_z: bool = True) -> dict:
     spacing = list(config.spacing_zyx_mm) if with_z else list(config.spacing_zyx_mm[1:])
+    resampling = to_jsonable(config.resampling)
+    if not resampling["anti_aliasing"]:  # only then: data made before the setting existed keeps its hash
+        del resampling["anti_aliasing"]
     settings = {"spacing_zyx_mm": spacing, "normalization": to_jsonable(config.normalization),
-                "resampling": to_jsonable(config.resampling), "denoise": to_jsonable(config.denoise),
+                "resampling": resampling, "denoise": to_jsonable(config.denoise),
                 "keeps_slice_spacing": config.network.dims == 2}
     if config.roi_margin_mm > 0:  # only then: the data (and hash) of other configurations is unchanged
         settings["roi_margin_mm"] = float(config.roi_margin_mm)
@@ -339,7 +342,8 @@ def preprocess_case(images: Sequence[Image], plan: Plan, config: Configuration, 
     data = resampling.empty((len(channels), *new_shape))
     for c, (ch, p) in enumerate(zip(channels, params)):
         resampling.resample_image(ch, new_shape, orders_image, through_axis=axis,
-                                  transform=normalization.make_transform(p), out=data[c])
+                                  transform=normalization.make_transform(p), out=data[c],
+                                  anti_aliasing=r.anti_aliasing)
     del channels
 
     seg_out, locations = None, None

@@ -3,7 +3,9 @@
 Convention (the one of ``torch.nn.functional.interpolate`` with ``align_corners=False``, and of
 nnU-Net/scikit-image): voxel centres map as ``src = (dst + 0.5) * n_in / n_out - 0.5``; borders are
 clamped (edge voxels repeat). Orders: 0 nearest (``nearest-exact``), 1 linear, 3 cubic convolution
-(Keys, a = -0.75, torch's bicubic). No anti-aliasing, as in nnU-Net.
+(Keys, a = -0.75, torch's bicubic). No anti-aliasing by default, as in nnU-Net; with
+``anti_aliasing`` an image is smoothed along each axis it is made coarser on first (a Gaussian of
+σ = (f − 1) / 2 input voxels for a factor f, scikit-image's rule), inside the same streamed passes.
 
 Images go in two separable passes, each streamed over bounded chunks: an in-plane 2D pass by
 torch's CPU kernels (the two axes other than the through-plane axis) and a 1D pass along the
@@ -28,6 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from autoliver.errors import UserError
 
@@ -138,8 +141,18 @@ def _rows_per_chunk(voxels_per_row: int) -> int:
     return max(1, CHUNK_VOXELS // max(1, voxels_per_row))
 
 
-def _plane_pass(src: np.ndarray, dst: np.ndarray, order: int, transform: Callable | None) -> None:
-    """dst[a] = 2D resample of src[a] for every slice a (axis 0 is the through-plane axis)."""
+def smoothing_matrix(n: int, sigma: float) -> np.ndarray:
+    """(n, n) float64 matrix of a 1D Gaussian filter of ``sigma`` voxels with edge voxels repeated:
+    ``S @ v`` equals ``scipy.ndimage.gaussian_filter1d(v, sigma, mode="nearest")``."""
+    if sigma <= 0:
+        return np.eye(n)
+    return ndimage.gaussian_filter1d(np.eye(n), sigma, axis=0, mode="nearest")
+
+
+def _plane_pass(src: np.ndarray, dst: np.ndarray, order: int, transform: Callable | None,
+                sigmas: Sequence[float] = (0.0, 0.0)) -> None:
+    """dst[a] = 2D resample of src[a] for every slice a (axis 0 is the through-plane axis), each
+    slice first smoothed in-plane by a Gaussian of ``sigmas`` (axes 1, 2) where they are > 0."""
     a, b, c = src.shape
     _, b2, c2 = dst.shape
     step = _rows_per_chunk(max(b * c, b2 * c2))
@@ -147,21 +160,29 @@ def _plane_pass(src: np.ndarray, dst: np.ndarray, order: int, transform: Callabl
         x = torch.from_numpy(np.ascontiguousarray(src[a0:a0 + step])).to(torch.float32)
         if transform is not None:
             x = transform(x)
+        for axis, sigma in zip((1, 2), sigmas):
+            if sigma > 0:  # a new array: the chunk may be a view of the caller's volume
+                x = torch.from_numpy(ndimage.gaussian_filter1d(x.numpy(), sigma, axis=axis, mode="nearest"))
         if (b2, c2) != (b, c):
             x = F.interpolate(x[None], size=(b2, c2), mode=_MODES_2D[order],
                               **({} if order == 0 else {"align_corners": False}))[0]
         dst[a0:a0 + step] = x.numpy()
 
 
-def _through_pass(src: np.ndarray, dst: np.ndarray, order: int, transform: Callable | None) -> None:
+def _through_pass(src: np.ndarray, dst: np.ndarray, order: int, transform: Callable | None,
+                  sigma: float = 0.0) -> None:
     """dst[j] = sum_i M[j, i] * src[i] along axis 0, one output slice at a time.
 
     Each output slice is a weighted sum of at most four whole input slices (contiguous rows), so
     this pass runs at memory speed and needs only a handful of slices besides ``dst``. Each input
-    slice is converted (and transformed) once, kept while later output slices still read it.
+    slice is converted (and transformed) once, kept while later output slices still read it. A
+    Gaussian of ``sigma`` > 0 along the axis is folded into M (M = interpolation @ smoothing), so
+    each output slice then reads the few more slices under the Gaussian instead of a smoothed copy.
     """
     a = src.shape[0]
     m = interpolation_matrix(a, dst.shape[0], order)
+    if sigma > 0:
+        m = m @ smoothing_matrix(a, sigma)
     cache: dict[int, torch.Tensor] = {}
     for j in range(dst.shape[0]):
         cols = np.flatnonzero(m[j])
@@ -183,19 +204,31 @@ _PLANE_COST = {0: 1.0, 1: 2.0, 3: 20.0}
 _TAPS = {0: 1, 1: 2, 3: 4}
 
 
+def anti_aliasing_sigmas(shape: Sequence[int], new_shape: Sequence[int]) -> tuple[float, ...]:
+    """Gaussian σ per axis, in input voxels, before resampling ``shape`` to ``new_shape``:
+    (f − 1) / 2 along an axis made f times coarser, 0 along the others (scikit-image's
+    ``resize(anti_aliasing=True)`` rule)."""
+    return tuple(max(0.0, (int(n) / int(m) - 1.0) / 2.0) for n, m in zip(shape, new_shape))
+
+
 def resample_image(volume: np.ndarray, new_shape: Sequence[int], orders: Sequence[int], *,
                    through_axis: int = 0, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   out: np.ndarray | None = None) -> np.ndarray:
+                   out: np.ndarray | None = None, anti_aliasing: bool = False) -> np.ndarray:
     """Resample a (z, y, x) volume (any real dtype) to ``new_shape``; returns float32.
 
     ``orders`` per (z, y, x) axis; the two axes other than ``through_axis`` must share one order.
     ``transform`` (a pointwise function of float32 torch chunks, e.g. the normalisation) is applied
     on the fly before interpolation, so the normalised volume never exists whole. ``out`` may be a
-    preallocated float32 array of ``new_shape`` (e.g. one channel of the case's output).
+    preallocated float32 array of ``new_shape`` (e.g. one channel of the case's output). With
+    ``anti_aliasing`` the transformed volume is smoothed along each axis made coarser
+    (:func:`anti_aliasing_sigmas`) before it is sampled, so that a coarse voxel averages the noise
+    of the fine voxels it covers instead of picking it up: in-plane per chunk, through-plane inside
+    the interpolation matrix, so no smoothed copy of the volume is ever whole in memory.
     """
     if volume.ndim != 3:
         raise ValueError(f"resample_image: volume must be (z, y, x), got shape {volume.shape}")
     new_shape = tuple(int(n) for n in new_shape)
+    sigmas = anti_aliasing_sigmas(volume.shape, new_shape) if anti_aliasing else (0.0, 0.0, 0.0)
     plane_axes = [ax for ax in range(3) if ax != through_axis]
     order_plane, order_through = orders[plane_axes[0]], orders[through_axis]
     if orders[plane_axes[1]] != order_plane:
@@ -213,21 +246,22 @@ def resample_image(volume: np.ndarray, new_shape: Sequence[int], orders: Sequenc
     dst = np.moveaxis(out, through_axis, 0)
     a, b, c = src.shape
     a2, b2, c2 = dst.shape
+    sigma_through, sigmas_plane = sigmas[through_axis], [sigmas[ax] for ax in plane_axes]
     plane_changes, through_changes = (b2, c2) != (b, c), a2 != a
     if not through_changes:  # (when nothing changes this only copies and transforms)
-        _plane_pass(src, dst, order_plane, transform)
+        _plane_pass(src, dst, order_plane, transform, sigmas_plane)
     elif not plane_changes:
-        _through_pass(src, dst, order_through, transform)
+        _through_pass(src, dst, order_through, transform, sigma_through)
     elif (a2 * _TAPS[order_through] * b * c + a2 * b2 * c2 * _PLANE_COST[order_plane]
           <= a * b2 * c2 * _PLANE_COST[order_plane] + a2 * _TAPS[order_through] * b2 * c2):
         # Through-plane first is cheaper (it shrinks, or the in-plane pass is the costly one).
         mid = empty((a2, b, c))
-        _through_pass(src, mid, order_through, transform)
-        _plane_pass(mid, dst, order_plane, None)
+        _through_pass(src, mid, order_through, transform, sigma_through)
+        _plane_pass(mid, dst, order_plane, None, sigmas_plane)
     else:
         mid = empty((a, b2, c2))
-        _plane_pass(src, mid, order_plane, transform)
-        _through_pass(mid, dst, order_through, None)
+        _plane_pass(src, mid, order_plane, transform, sigmas_plane)
+        _through_pass(mid, dst, order_through, None, sigma_through)
     return out
 
 
