@@ -259,6 +259,29 @@ def test_a_defect_while_predicting_names_the_case(model_dir, tmp_path, monkeypat
     assert not out.exists() or not any(p.name.startswith("scan7") for p in out.iterdir())
 
 
+def test_an_input_error_met_while_predicting_fails_that_case_only(model_dir, tmp_path, monkeypatch, capsys):
+    from autoliver.inference import predictor
+
+    real, calls = predictor.predict_stage, []
+
+    def picky(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the second scan (cases go in name order)
+            raise UserError("scanB: something about this scan is wrong")
+        return real(*args)
+
+    monkeypatch.setattr(predictor, "predict_stage", picky)
+    src = tmp_path / "in"
+    src.mkdir()
+    small_scan(src / "scanA_0000.nii.gz")
+    small_scan(src / "scanB_0000.nii.gz", seed=1)
+    small_scan(src / "scanC_0000.nii.gz", seed=2)  # the run goes on past the failed case
+    out = tmp_path / "out"
+    assert predict(PredictRequest(input=src, output=out, model_dir=model_dir, tta=False, folds=("0",))) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["scanA.nii.gz", "scanC.nii.gz"]
+    assert "something about this scan is wrong" in capsys.readouterr().err
+
+
 def test_model_choice_errors(model_dir, tmp_path):
     with pytest.raises(UserError, match="not trained"):
         load_model(model_dir, folds=["3"])

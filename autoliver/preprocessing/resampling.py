@@ -160,9 +160,8 @@ def _plane_pass(src: np.ndarray, dst: np.ndarray, order: int, transform: Callabl
         x = torch.from_numpy(np.ascontiguousarray(src[a0:a0 + step])).to(torch.float32)
         if transform is not None:
             x = transform(x)
-        for axis, sigma in zip((1, 2), sigmas):
-            if sigma > 0:  # a new array: the chunk may be a view of the caller's volume
-                x = torch.from_numpy(ndimage.gaussian_filter1d(x.numpy(), sigma, axis=axis, mode="nearest"))
+        if any(s > 0 for s in sigmas):  # a new array: the chunk may be a view of the caller's volume
+            x = torch.from_numpy(ndimage.gaussian_filter(x.numpy(), (0.0, *sigmas), mode="nearest"))
         if (b2, c2) != (b, c):
             x = F.interpolate(x[None], size=(b2, c2), mode=_MODES_2D[order],
                               **({} if order == 0 else {"align_corners": False}))[0]
