@@ -22,7 +22,9 @@ Rows (``AUTOLIVER_BENCH_ROWS``, comma-separated, default all of them):
   training ``--precision`` (default ``fp32``; ``bf16`` on a CPU with native
   bfloat16 trains about twice the iterations in the same minutes); ``AUTOLIVER_BENCH_ANTI_ALIASING``
   0 or 1 sets the cpu preset's ``anti_aliasing`` (images smoothed before they are made coarser; the
-  preset's own: off). The row is saved as ``cascade``, or ``cascade_{ROI}`` /
+  preset's own: off); ``AUTOLIVER_BENCH_REUSE_FIRST=1`` keeps a first stage that an earlier row of
+  the same ``AUTOLIVER_BENCH_DIR`` and plan trained (its minutes still count), so two lesion stages
+  are compared on the same liver. The row is saved as ``cascade``, or ``cascade_{ROI}`` /
   ``cascade_{ROI}_context{k}`` / ``cascade_{recipe}`` / ``..._bf16`` / ``..._no_anti_aliasing`` for
   the others;
 * ``before``: ``3d_fullres`` alone for all the minutes (autoliver before the lesion stage);
@@ -62,6 +64,7 @@ MINUTES = float(os.environ.get("AUTOLIVER_BENCH_MINUTES", "30"))
 ROI = os.environ.get("AUTOLIVER_BENCH_ROI", "2d_liver_roi")
 CONTEXT = int(os.environ["AUTOLIVER_BENCH_CONTEXT"]) if os.environ.get("AUTOLIVER_BENCH_CONTEXT") else None
 RECIPE = os.environ.get("AUTOLIVER_BENCH_RECIPE", "")  # the lesion stage's, when not the plan's
+REUSE_FIRST = os.environ.get("AUTOLIVER_BENCH_REUSE_FIRST", "") == "1"  # keep a trained 3d_fullres
 PRECISION = os.environ.get("AUTOLIVER_BENCH_PRECISION", "fp32")  # autoliver's training --precision
 # The cpu preset's anti_aliasing, when not its own (0 or 1)
 ANTI_ALIASING = bool(int(os.environ["AUTOLIVER_BENCH_ANTI_ALIASING"])) \
@@ -128,16 +131,19 @@ def planned(root: Path, *configurations: str, context: int | None = None, anti_a
         autoliver(root, "preprocess", "-d", DATASET, "-c", *configurations)
 
 
-def train(root: Path, configuration: str, minutes: float, recipe: str = "") -> float:
+def train(root: Path, configuration: str, minutes: float, recipe: str = "", reuse: bool = False) -> float:
     """Train ``configuration`` on every training case for ``minutes`` (fold ``all``: no validation
     cases, so no full-case validation, as nnU-Net's rows skip theirs), with ``recipe`` when given
     (results in ``{configuration}__{recipe}``); returns the training minutes (the epochs' own
-    seconds, from metrics.jsonl)."""
+    seconds, from metrics.jsonl). ``reuse``: a model already trained there is kept."""
     fold = root / "results" / DATASET / (f"{configuration}__{recipe}" if recipe else configuration) / "fold_all"
-    shutil.rmtree(fold, ignore_errors=True)
-    autoliver(root, "train", configuration, "all", "-d", DATASET, "--minutes", f"{minutes:g}",
-              "--iters", str(ITERS), "--device", "cpu", "--no-validation", "--precision", PRECISION,
-              *(("--recipe", recipe) if recipe else ()))
+    if reuse and (fold / "checkpoint_final.pt").is_file():
+        print(f"reusing {fold.parent.name}, trained by an earlier row (AUTOLIVER_BENCH_REUSE_FIRST)")
+    else:
+        shutil.rmtree(fold, ignore_errors=True)
+        autoliver(root, "train", configuration, "all", "-d", DATASET, "--minutes", f"{minutes:g}",
+                  "--iters", str(ITERS), "--device", "cpu", "--no-validation", "--precision", PRECISION,
+                  *(("--recipe", recipe) if recipe else ()))
     rows = [json.loads(line) for line in (fold / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return sum(r["epoch_seconds"] for r in rows) / 60
 
@@ -254,7 +260,7 @@ def test_cascade(benchmark, root):
 
     def make():
         planned(root, "3d_fullres", ROI, context=CONTEXT, anti_aliasing=ANTI_ALIASING)
-        first = train(root, "3d_fullres", MINUTES / 3)
+        first = train(root, "3d_fullres", MINUTES / 3, reuse=REUSE_FIRST)
         second = train(root, ROI, MINUTES * 2 / 3, RECIPE)
         pred = root / "predictions" / key
         seconds = predict(root, pred, "-c", f"{ROI}__{RECIPE}" if RECIPE else ROI)

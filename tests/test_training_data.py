@@ -19,6 +19,8 @@ from autoliver.training.splits import SPLITS_FILE, fold_cases, make_splits
 
 LABELS = {"background": 0, "liver": 1, "tumour": 2}
 DATASET = "Dataset001_Phantom"
+# as preprocessing records it: the phantoms' units read as CT normalised at 50 HU per unit
+CT_NORMALIZATION = {"scheme": "ct", "lower": -100.0, "upper": 250.0, "mean": 100.0, "std": 50.0}
 
 
 # ---- phantoms and plans shared by the training tests -------------------------------------------
@@ -44,7 +46,8 @@ def write_phantoms(folder, n=4, shape=(24, 32, 32), channels=1):
     for i in range(n):
         image, seg, props = phantom(shape, channels, seed=i)
         case = f"case_{i:03d}"
-        storage.write_case(folder, case, image, seg, {"case": case, **props})
+        storage.write_case(folder, case, image, seg, {"case": case, "normalization": [CT_NORMALIZATION] * channels,
+                                                      **props})
         cases.append(case)
     return cases
 

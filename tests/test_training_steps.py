@@ -33,7 +33,7 @@ def setup_run(arch, recipe: Recipe, phantom_dir, patch=(8, 16, 16), downsampling
     config = make_configuration("x", patch, arch=arch, in_channels=2, downsampling=downsampling)
     net = build_network(config.network, region=recipe.region).train()
     data = PatchBatches(folder, cases, patch, 2, 3, augmentation=recipe.augmentation,
-                        oversample_foreground=recipe.oversample_foreground, seed=0)
+                        oversample_foreground=recipe.oversample_foreground, seed=0, liver_label=1, tumour_label=2)
     parts = (net, SegmentationLoss(recipe.loss, recipe.region), make_optimizer(recipe, net.parameters()),
              torch.amp.GradScaler("cuda", enabled=False))
     return parts, data

@@ -32,6 +32,11 @@ drawn once per sample instead of per channel, so the neighbours stay the same sc
 stage's prediction as one-hot channels (one per foreground class) after the spatial transform
 (nearest-neighbour, like the labels) and, with some probability, dilates or erodes it so the
 network learns not to copy it blindly.
+
+Synthetic lesions (``p_synthetic_lesion`` of the recipe's augmentation, :mod:`synthetic_lesions`):
+painted into a sample after its spatial transform and before the intensity augmentations, so
+noise, blur, contrast and low resolution act on them as on real lesions; the sample's spacing
+(``spacing_zyx``) turns millimetres into voxels.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ from autoliver.errors import UserError
 from autoliver.inference.sliding_window import context_indices
 from autoliver.preprocessing import storage
 from autoliver.training.recipes import Augmentation
+from autoliver.training.synthetic_lesions import hu_scales, paint_lesions
 
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net: a 3D patch this much thinner in z gets in-plane augmentation only
 
@@ -93,7 +99,8 @@ class PatchBatches(torch.utils.data.Dataset):
     def __init__(self, folder: str | os.PathLike, cases: list[str], patch_size, batch_size: int, num_classes: int, *,
                  augmentation: Augmentation | None, oversample_foreground: float = 1 / 3, seed: int = 0,
                  rank: int = 0, previous_stage: str | os.PathLike | None = None, oversample_lesions: float = 0.0,
-                 liver_channel: bool = False, context_slices: int = 0, tumour_label: int | None = None):
+                 liver_channel: bool = False, context_slices: int = 0, tumour_label: int | None = None,
+                 liver_label: int | None = None, spacing_zyx=(1.0, 1.0, 1.0)):
         if not cases:
             raise UserError(f"{folder}: no cases to train on")
         self.folder, self.cases = Path(folder), list(cases)
@@ -109,7 +116,12 @@ class PatchBatches(torch.utils.data.Dataset):
         self.previous_stage = Path(previous_stage) if previous_stage else None
         self.oversample_lesions, self.liver_channel = float(oversample_lesions), bool(liver_channel)
         self.tumour_label = tumour_label  # liver channel: lesions cut out of it in training (perturb_liver)
-        self.locations, self.lesions = [], []
+        self.liver_label, self.spacing = liver_label, tuple(float(s) for s in spacing_zyx)
+        self.synthetic = self.aug is not None and self.aug.p_synthetic_lesion > 0
+        if self.synthetic and (liver_label is None or tumour_label is None):
+            raise UserError(f"{folder}: synthetic lesions (p_synthetic_lesion > 0) need a liver and a tumour label in "
+                            "the dataset; train with a recipe without them")
+        self.locations, self.lesions, self.hu_scales = [], [], []
         for case in self.cases:
             if not storage.is_complete(self.folder, case):
                 raise UserError(f"{self.folder}: case {case!r} is not preprocessed (or incomplete). "
@@ -118,6 +130,8 @@ class PatchBatches(torch.utils.data.Dataset):
             self.locations.append(_class_locations(props))
             self.lesions.append([np.asarray(v, dtype=np.int64).reshape(-1, 3)
                                  for v in props.get("lesion_locations") or [] if len(v)])
+            if self.synthetic:
+                self.hu_scales.append(hu_scales(props.get("normalization") or [], f"{self.folder}: case {case!r}"))
             if self.previous_stage and not (self.previous_stage / f"{case}{storage.IMAGE_SUFFIX}").is_file():
                 raise UserError(f"{self.previous_stage}: the previous stage's prediction of {case!r} is missing. "
                                 "Train all five folds of the previous stage first (their validation writes them).")
@@ -245,7 +259,23 @@ class PatchBatches(torch.utils.data.Dataset):
         data = out[0].astype(np.float32, copy=False)
         labels = np.concatenate(out[1:]).astype(np.int16)
         labels[labels < 0] = 0  # -1 marks voxels outside the body crop: background for the loss
+        if self.synthetic and rng.random() < self.aug.p_synthetic_lesion:
+            self._paint(i, data, labels, z, shape[0], rng)
         return data, labels
+
+    def _paint(self, i: int, data: np.ndarray, labels: np.ndarray, z, slices: int, rng: np.random.Generator) -> None:
+        """Synthetic lesions into sample ``data`` / ``labels[0]`` of case ``i`` (in place)."""
+        a, scales = self.aug, self.hu_scales[i]
+        if self.dims == 2:  # the 2k + 1 slices of each channel at their heights; the centre one labelled
+            image = data.reshape(len(scales), -1, *self.patch)
+            z_mm = (context_indices(z, self.context, slices) - z) * self.spacing[0]
+            labelled, seg = np.array([self.context]), labels[:1]
+        else:
+            image, seg = data, labels[0]
+            z_mm, labelled = np.arange(self.patch[0]) * self.spacing[0], np.arange(self.patch[0])
+        paint_lesions(image, seg, z_mm=z_mm, labelled=labelled, spacing_yx=self.spacing[1:], scales=scales, rng=rng,
+                      liver_label=self.liver_label, tumour_label=self.tumour_label, count=a.synthetic_lesion_count,
+                      diameter_mm=a.synthetic_lesion_diameter_mm, contrast_hu=a.synthetic_lesion_hu)
 
     def _read(self, array, z, start, size, fill, context=0):
         if z is None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from autoliver import __version__, progress
 from autoliver.errors import UserError
-from autoliver.fingerprint.stats import TUMOUR_NAMES, find_label
+from autoliver.fingerprint.stats import LIVER_NAMES, TUMOUR_NAMES, find_label
 from autoliver.planning.plan import Plan, write_plan
 from autoliver.preprocessing import storage
 from autoliver.schema import atomic_write_text, to_jsonable
@@ -316,7 +316,8 @@ def _train(run: TrainingRun, ctx: distributed.Context) -> Path:
     sampler = dict(batch_size=batch_size, num_classes=spec.num_classes, rank=ctx.rank, previous_stage=previous_stage,
                    oversample_foreground=recipe.oversample_foreground, oversample_lesions=recipe.oversample_lesions,
                    liver_channel=liver_roi, context_slices=config.context_slices,
-                   tumour_label=find_label(plan.labels, TUMOUR_NAMES) if liver_roi else None)
+                   tumour_label=find_label(plan.labels, TUMOUR_NAMES),
+                   liver_label=find_label(plan.labels, LIVER_NAMES), spacing_zyx=config.spacing_zyx_mm)
     train_data = PatchBatches(folder, train_cases, config.patch_size, augmentation=recipe.augmentation, seed=SEED,
                               **sampler)
     val_data = PatchBatches(folder, val_cases, config.patch_size, augmentation=None, seed=SEED + 1, **sampler)
