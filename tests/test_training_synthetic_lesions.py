@@ -159,3 +159,26 @@ def test_the_recipe_and_its_checks():
                 dict(synthetic_lesion_count=(-1, 2))):
         with pytest.raises(UserError, match="recipe lesion_synthetic"):
             check_recipe(dataclasses.replace(r, augmentation=dataclasses.replace(r.augmentation, **bad)))
+
+
+@pytest.mark.parametrize("patch, context", [((8, 24, 24), 0), ((24, 24), 2)])
+def test_the_batch_image_is_darker_exactly_where_painted(tmp_path, patch, context):
+    """The first sample of a batch is read before anything is painted: with p = 1 its image is the
+    p = 0 image made darker over the painted tumour (the painting reaches the batch, not a copy)."""
+    cases = _liver_only_cases(tmp_path)
+    kw = dict(seed=5, oversample_foreground=1.0, liver_label=1, tumour_label=2, spacing_zyx=(2.0, 1.0, 1.0),
+              context_slices=context)
+    painted = PatchBatches(tmp_path, cases, patch, 1, 3, augmentation=Augmentation(**QUIET, p_synthetic_lesion=1.0,
+                                                                                  synthetic_lesion_diameter_mm=(4.0, 8.0)), **kw)
+    plain = PatchBatches(tmp_path, cases, patch, 1, 3, augmentation=Augmentation(**QUIET), **kw)
+    checked = 0
+    for i in range(6):
+        a, b = painted[i], plain[i]
+        tumour = a["target"][0, 0].numpy() == 2
+        if not tumour.any():
+            continue
+        diff = (a["data"] - b["data"])[0].numpy()  # (channels, *patch)
+        centre = diff[context] if context else diff[0]  # the labelled slice
+        assert (diff <= 1e-6).all() and (centre[tumour] < 0).all()
+        checked += 1
+    assert checked >= 3
