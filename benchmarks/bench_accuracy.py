@@ -24,7 +24,9 @@ Rows (``AUTOLIVER_BENCH_ROWS``, comma-separated, default all of them):
   0 or 1 sets the cpu preset's ``anti_aliasing`` (images smoothed before they are made coarser; the
   preset's own: off); ``AUTOLIVER_BENCH_REUSE_FIRST=1`` keeps a first stage that an earlier row of
   the same ``AUTOLIVER_BENCH_DIR`` and plan trained (its minutes still count), so two lesion stages
-  are compared on the same liver. The row is saved as ``cascade``, or ``cascade_{ROI}`` /
+  are compared on the same liver; ``AUTOLIVER_BENCH_TAG`` appends ``_{tag}`` to the row's name and
+  prediction folder, so a variant run by hand does not overwrite an earlier row. The row is saved
+  as ``cascade``, or ``cascade_{ROI}`` /
   ``cascade_{ROI}_context{k}`` / ``cascade_{recipe}`` / ``..._bf16`` / ``..._no_anti_aliasing`` for
   the others;
 * ``before``: ``3d_fullres`` alone for all the minutes (autoliver before the lesion stage);
@@ -65,6 +67,7 @@ ROI = os.environ.get("AUTOLIVER_BENCH_ROI", "2d_liver_roi")
 CONTEXT = int(os.environ["AUTOLIVER_BENCH_CONTEXT"]) if os.environ.get("AUTOLIVER_BENCH_CONTEXT") else None
 RECIPE = os.environ.get("AUTOLIVER_BENCH_RECIPE", "")  # the lesion stage's, when not the plan's
 REUSE_FIRST = os.environ.get("AUTOLIVER_BENCH_REUSE_FIRST", "") == "1"  # keep a trained 3d_fullres
+TAG = os.environ.get("AUTOLIVER_BENCH_TAG", "")  # appended to the cascade row's name (and its predictions)
 PRECISION = os.environ.get("AUTOLIVER_BENCH_PRECISION", "fp32")  # autoliver's training --precision
 # The cpu preset's anti_aliasing, when not its own (0 or 1)
 ANTI_ALIASING = bool(int(os.environ["AUTOLIVER_BENCH_ANTI_ALIASING"])) \
@@ -257,6 +260,7 @@ def test_cascade(benchmark, root):
         f"cascade_{ROI}" + (f"_context{CONTEXT}" if CONTEXT is not None else "")
     key += (f"_{RECIPE}" if RECIPE else "") + (f"_{PRECISION}" if PRECISION != "fp32" else "")
     key += "" if ANTI_ALIASING is None else "_anti_aliasing" if ANTI_ALIASING else "_no_anti_aliasing"
+    key += f"_{TAG}" if TAG else ""
 
     def make():
         planned(root, "3d_fullres", ROI, context=CONTEXT, anti_aliasing=ANTI_ALIASING)
