@@ -115,7 +115,7 @@ class PatchBatches(torch.utils.data.Dataset):
         self.seed, self.rank = int(seed), int(rank)
         self.previous_stage = Path(previous_stage) if previous_stage else None
         self.oversample_lesions, self.liver_channel = float(oversample_lesions), bool(liver_channel)
-        self.tumour_label = tumour_label  # liver channel: lesions cut out of it in training (perturb_liver)
+        self.tumour_label = tumour_label  # lesions cut out of the liver channel (perturb_liver); painted lesions
         self.liver_label, self.spacing = liver_label, tuple(float(s) for s in spacing_zyx)
         self.synthetic = self.aug is not None and self.aug.p_synthetic_lesion > 0
         if self.synthetic and (liver_label is None or tumour_label is None):

@@ -7,9 +7,8 @@ stores it as a JSON dict, so a model folder says how it was made. Variation is a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from autoliver.errors import UserError, choose
 from autoliver.schema import from_jsonable, to_jsonable
@@ -110,7 +109,7 @@ def check_recipe(r: Recipe) -> None:
     if not 0 <= a.p_synthetic_lesion <= 1:
         raise UserError(f"recipe {r.name}: p_synthetic_lesion must be in [0, 1], got {a.p_synthetic_lesion}")
     for name, low in (("synthetic_lesion_count", 0), ("synthetic_lesion_diameter_mm", 1e-3),
-                      ("synthetic_lesion_hu", -np.inf)):
+                      ("synthetic_lesion_hu", -math.inf)):
         lo, hi = getattr(a, name)
         if not low <= lo <= hi:
             raise UserError(f"recipe {r.name}: {name} must be a range (low <= high) from {low:g}, got {(lo, hi)}")
